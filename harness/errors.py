@@ -1,0 +1,22 @@
+"""Exceptions the CLI turns into a one-paragraph message and exit code 2."""
+from __future__ import annotations
+
+
+class HarnessError(ValueError):
+    """A user-facing error: the message names the file, the field and the fix."""
+
+
+class SuiteError(HarnessError):
+    """A suite file is malformed or names something that does not exist."""
+
+
+class UnknownMethodError(HarnessError):
+    """A method name is not registered."""
+
+
+class ModelLoadError(HarnessError):
+    """A model cannot be located or its architecture is not supported."""
+
+
+class DataError(HarnessError):
+    """A dataset cannot be located or loaded."""

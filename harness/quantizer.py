@@ -1,0 +1,212 @@
+"""The method contract: `Quantizer` (a typed config plus per-layer quantization) and
+`QuantizedLinear` (the packed layer a method returns).
+
+The engine (`harness/`) sees only these two classes. A method lives in its own folder
+under `methods/` (or in a third-party package) and is registered under a name.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodConfig(BaseModel):
+    """Base class of every method's config: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor a quantized layer stores, with the number of bits each element occupies.
+
+    `bits` is the storage width of one element of `tensor` as stored (e.g. 32 for an int32
+    word that packs sixteen 2-bit codes, 16 for a float16 scale).
+    """
+
+    name: str
+    tensor: torch.Tensor
+    bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return int(self.tensor.numel()) * int(self.bits)
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one linear layer's input.
+
+    H: [in, in] float64, mean over calibration tokens of x xᵀ (the "half Hessian").
+    num_samples: number of tokens the mean was taken over.
+    """
+
+    H: torch.Tensor
+    num_samples: int
+
+
+@dataclass
+class QuantContext:
+    """What a method is told about the layer it is quantizing.
+
+    generator: a seeded CPU generator; methods draw every random choice from it
+    (library code never reseeds the global RNGs). `log` collects per-layer records the
+    engine stores in the cell record (e.g. final relative error, epochs, seconds).
+    """
+
+    layer_name: str
+    block_index: int
+    generator: torch.Generator
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = True
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+class QuantizedLinear(nn.Module, ABC):
+    """A packed replacement for `nn.Linear` with `in_features` inputs and `out_features` outputs.
+
+    Subclasses store their tensors as buffers (so `state_dict` saves them) and implement:
+    `forward(x)` with x [..., in] -> [..., out] in x's dtype; `dequantize()` -> dense weight
+    [out, in] float32; `stored_tensors()` -> every tensor the format stores with its bit width
+    (bias excluded: it is counted in model bits); `formula_bits()` -> the method's closed-form
+    bits per weight; `layer_config()` -> JSON-able kwargs such that
+    `cls.from_layer_config(cfg)` builds an empty layer whose `load_state_dict` restores it.
+    """
+
+    compute_path: str = "dequantize+matmul"
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        if bias is not None:
+            self.register_buffer("bias", bias.detach().clone())
+        else:
+            self.bias = None
+
+    @abstractmethod
+    def dequantize(self) -> torch.Tensor:
+        """Dense weight [out, in], float32."""
+
+    @abstractmethod
+    def stored_tensors(self) -> list[StoredTensor]:
+        """Every stored tensor of the format (codes, codebooks, scales, zeros, permutations)."""
+
+    @abstractmethod
+    def formula_bits(self) -> float:
+        """The method's analytic bits per weight for this layer (cross-check of `measured_bits`)."""
+
+    def paper_bits(self) -> float:
+        """Bits per weight as the method's paper counts them (defaults to `formula_bits`)."""
+        return self.formula_bits()
+
+    @abstractmethod
+    def layer_config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments for `from_layer_config`."""
+
+    @classmethod
+    @abstractmethod
+    def from_layer_config(cls, config: dict[str, Any]) -> "QuantizedLinear":
+        """An empty layer with the right buffer shapes, to be filled by `load_state_dict`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantize().to(device=x.device, dtype=x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @property
+    def num_weights(self) -> int:
+        return self.in_features * self.out_features
+
+    def stored_bits(self) -> int:
+        """Total stored bits of the layer's weight representation."""
+        return sum(t.total_bits for t in self.stored_tensors())
+
+    def measured_bits(self) -> float:
+        """Stored bits per weight, counted from the actual stored tensors."""
+        return self.stored_bits() / self.num_weights
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, path={self.compute_path}"
+
+
+def layer_class_path(layer: QuantizedLinear) -> str:
+    cls = type(layer)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_layer_class(path: str) -> type[QuantizedLinear]:
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class Quantizer(ABC):
+    """A quantization method: a typed `Config` plus `quantize_linear`.
+
+    Class attributes declare the method's needs:
+      name: registry name (e.g. "rtn").
+      Config: a `MethodConfig` subclass validated from the suite's `params`.
+      requires_calibration: True if `quantize_linear` needs `LayerStats` (the engine then runs
+        the sequential calibration pipeline); False for data-free methods such as RTN.
+      modifies_weights: False only for the unquantized reference (`none`).
+      required_packages: import names checked by `validate_environment`.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+    requires_calibration: ClassVar[bool] = False
+    modifies_weights: ClassVar[bool] = True
+    required_packages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @classmethod
+    def presets(cls, budget: int) -> dict[str, Any]:
+        """Params for a nominal bit budget (1, 2, 3, 4). Raise ValueError for unsupported ones."""
+        raise ValueError(f"method '{cls.name}' defines no presets; give explicit `params`")
+
+    @classmethod
+    def supported_budgets(cls) -> list[int]:
+        out = []
+        for b in (1, 2, 3, 4, 8):
+            try:
+                cls.presets(b)
+            except ValueError:
+                continue
+            out.append(b)
+        return out
+
+    @classmethod
+    def validate_environment(cls) -> None:
+        """Fail early (ImportError with the pip command) if a required package is missing."""
+        for pkg in cls.required_packages:
+            try:
+                importlib.import_module(pkg)
+            except ImportError as exc:
+                raise ImportError(
+                    f"method '{cls.name}' needs the package '{pkg}': install it with `pip install {pkg}`"
+                ) from exc
+
+    @abstractmethod
+    def quantize_linear(
+        self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext
+    ) -> QuantizedLinear:
+        """Quantize one linear layer.
+
+        linear: the layer, weight [out, in] (any float dtype; do not modify it in place).
+        stats: input statistics (None when `requires_calibration` is False).
+        Returns a `QuantizedLinear` computing the same function as the quantized weight.
+        """
+
+    def finetune_block(
+        self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext
+    ) -> None:
+        """Optional: tune a block's quantized parameters to match `targets` given `inputs`."""
+        return None

@@ -1,0 +1,105 @@
+"""The method registry: built-in methods and those of third-party packages.
+
+A method is registered under a name, either eagerly (`@register_method("name")`) or lazily
+as a `"module:attr"` target. Built-ins come from the table below; third-party packages add
+theirs through the entry-point group `harness.methods` (see README, "Adding a method").
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Callable, Generic, TypeVar
+
+from harness.errors import UnknownMethodError
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUP = "harness.methods"
+
+#: Built-in methods: name -> "module:attr". Kept in sync with pyproject's entry points so the
+#: source tree works even when the distribution is not installed.
+BUILTIN_METHODS: dict[str, str] = {
+    "none": "methods.none:NoQuantizer",
+    "rtn": "methods.rtn:RTNQuantizer",
+}
+
+
+class Registry(Generic[T]):
+    """A name -> object registry accepting objects or lazy `"module:attr"` targets."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T | str] = {}
+
+    def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
+        """Register `target` under `name`; without a target, return a class decorator."""
+        if target is None:
+            def decorator(obj: T) -> T:
+                self._items[name] = obj
+                return obj
+            return decorator
+        self._items[name] = target
+        return target
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            close = difflib.get_close_matches(name, self._items, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownMethodError(
+                f"unknown {self.kind} '{name}'.{hint} Known: {', '.join(self.names()) or 'none'}. "
+                f"Run `harness list` to see them, or install the package that provides it "
+                f"(entry-point group '{ENTRY_POINT_GROUP}')."
+            )
+        item = self._items[name]
+        if isinstance(item, str):
+            module_name, _, attr = item.partition(":")
+            try:
+                item = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:
+                raise UnknownMethodError(
+                    f"{self.kind} '{name}' is registered as '{self._items[name]}' but cannot be "
+                    f"imported: {exc}. Reinstall the package that provides it."
+                ) from exc
+            self._items[name] = item
+        return item
+
+
+METHODS: Registry = Registry("method")
+_discovered = False
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for name, target in BUILTIN_METHODS.items():
+        METHODS.register(name, target)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in BUILTIN_METHODS and ep.value == BUILTIN_METHODS[ep.name]:
+            continue
+        METHODS.register(ep.name, ep.value)
+
+
+def register_method(name: str):
+    """Class decorator registering a `Quantizer` subclass under `name` (in-process)."""
+    _discover()
+    return METHODS.register(name)
+
+
+def get_method(name: str):
+    """The `Quantizer` subclass registered under `name`."""
+    _discover()
+    return METHODS.get(name)
+
+
+def method_names() -> list[str]:
+    _discover()
+    return METHODS.names()

@@ -1,0 +1,1 @@
+"""Built-in quantization methods, one folder each (config, algorithm, layer, quantizer)."""
