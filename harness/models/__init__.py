@@ -1,0 +1,26 @@
+"""Model loading (embedded alias, local directory, GGUF file, hub id) and family adapters."""
+from harness.models.adapters import (
+    ADAPTERS,
+    FamilyAdapter,
+    default_seqlen,
+    get_adapter,
+    iter_block_linears,
+    register_adapter,
+)
+from harness.models.embedded import cache_root, embedded_gguf_path, ensure_embedded_cache
+from harness.models.loading import LoadedModel, load_model, resolve_model_path
+
+__all__ = [
+    "ADAPTERS",
+    "FamilyAdapter",
+    "LoadedModel",
+    "cache_root",
+    "default_seqlen",
+    "embedded_gguf_path",
+    "ensure_embedded_cache",
+    "get_adapter",
+    "iter_block_linears",
+    "load_model",
+    "register_adapter",
+    "resolve_model_path",
+]

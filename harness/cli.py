@@ -1,0 +1,217 @@
+"""Command line: `harness run | validate | list | report | show`.
+
+Only this module turns exceptions into a one-paragraph message and an exit code:
+0 success, 1 some cell failed, 2 bad input (suite, arguments, paths). `--debug` shows tracebacks.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark and compare post-training quantization methods.")
+console = Console(stderr=True)
+out = Console()
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=debug)],
+        force=True,
+    )
+
+
+def _select(cells, only: Optional[str]):
+    if not only:
+        return cells
+    pattern = only if any(c in only for c in "*?[") else f"*{only}*"
+    return [c for c in cells if fnmatch.fnmatch(c.label, pattern) or c.key.startswith(only)]
+
+
+@app.command()
+def run(
+    suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file"),
+    only: Optional[str] = typer.Option(None, "--only", help="run only cells whose label matches (glob or substring)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the cell plan and exit"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="results directory (default: the suite's output_dir)"),
+) -> None:
+    """Run every cell of a suite (finished cells are skipped), then write tables and plots."""
+    from harness.executors.local import run_local
+    from harness.report import write_report
+    from harness.store import ResultStore
+    from harness.suite import load_suite, output_dir, resolve_cells
+
+    suite = load_suite(suite_path)
+    cells = _select(resolve_cells(suite, suite_path), only)
+    if not cells:
+        raise HarnessError(f"{suite_path}: no cell matches --only {only!r}; run with --dry-run to see the cell labels.")
+    store = ResultStore(output or output_dir(suite, suite_path))
+    if dry_run:
+        _print_plan(cells, store)
+        return
+    progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
+    records = run_local(
+        cells, store, progress=progress, timeout_s=suite.executor.timeout_s, base_dir=suite_path.resolve().parent
+    )
+    paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name)
+    _print_records(records)
+    for p in paths:
+        out.print(f"wrote {p}")
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(records)} cells failed[/red]; see {store.root}/tables and the logs in {store.root}/logs")
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(suite_path: Path = typer.Argument(..., metavar="SUITE")) -> None:
+    """Check a suite file (schema, methods, params, budgets, models, datasets) without running it."""
+    from harness.suite import load_suite, resolve_cells
+
+    suite = load_suite(suite_path)
+    cells = resolve_cells(suite, suite_path)
+    out.print(f"{suite_path}: valid — {len(cells)} cells ({len(suite.models)} models × {len(suite.methods)} method lines)")
+
+
+@app.command("list")
+def list_methods() -> None:
+    """Registered methods with their parameters and bit-budget presets."""
+    from harness.registry import get_method, method_names
+
+    for name in method_names():
+        method = get_method(name)
+        table = Table(title=f"{name}  ({method.__module__}.{method.__name__})", title_justify="left", show_edge=False)
+        table.add_column("param")
+        table.add_column("type")
+        table.add_column("default")
+        table.add_column("description")
+        for field_name, field in method.Config.model_fields.items():
+            annotation = getattr(field.annotation, "__name__", str(field.annotation))
+            table.add_row(field_name, annotation, repr(field.default), field.description or "")
+        out.print(table)
+        calib = "needs calibration" if method.requires_calibration else "calibration-free"
+        out.print(f"  {calib}")
+        for budget in method.supported_budgets():
+            out.print(f"  budget {budget}: {json.dumps(method.presets(budget))}")
+        out.print()
+
+
+@app.command()
+def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR")) -> None:
+    """(Re)write the tables and plots of a results directory."""
+    from harness.report import write_report
+    from harness.store import ResultStore
+
+    if not (results_dir / "records").is_dir():
+        raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
+    store = ResultStore(results_dir)
+    paths = write_report(store, title=results_dir.name)
+    _print_records(store.records())
+    for p in paths:
+        out.print(f"wrote {p}")
+
+
+@app.command()
+def show(
+    cell: str = typer.Argument(..., help="cell key (prefix) or label pattern"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results directory or a folder of them"),
+    full: bool = typer.Option(False, "--full", help="include per-window losses and per-layer entries"),
+) -> None:
+    """Print the record of one cell."""
+    from harness.store import ResultStore
+
+    roots = [results] if (results / "records").is_dir() else sorted(p.parent for p in results.glob("*/records"))
+    matches = [r for root in roots for r in ResultStore(root).find(cell)]
+    if not matches:
+        raise HarnessError(f"no cell matches '{cell}' under {results}; give a key prefix or a label such as 'smollm2-135m/rtn/b4'.")
+    for record in matches:
+        if not full:
+            record = _compact(record)
+        out.print_json(json.dumps(record))
+
+
+def _compact(record: dict) -> dict:
+    record = dict(record)
+    if "layers" in record:
+        record["layers"] = f"<{len(record['layers'])} layers; --full to show>"
+    for ppl in record.get("metrics", {}).get("perplexity", {}).values():
+        ppl.pop("window_nll", None)
+    return record
+
+
+def _print_plan(cells, store) -> None:
+    table = Table(title=f"{len(cells)} cells → {store.root}")
+    for col in ("label", "key", "params", "calibration", "status"):
+        table.add_column(col)
+    for c in cells:
+        calib = f"{c.calibration.source} {c.calibration.num_sequences}×{c.calibration.seqlen or 'default'}" if c.calibration else "—"
+        status = "finished" if store.is_finished(c.key) else "to run"
+        table.add_row(c.label, c.key, json.dumps(c.params), calib, status)
+    out.print(table)
+
+
+def _print_records(records) -> None:
+    table = Table(title="results")
+    for col in ("cell", "status", "bits", "model_bits", "size MB", "perplexity", "time s"):
+        table.add_column(col)
+    for r in records:
+        m = r.get("metrics", {})
+        ppl = ", ".join(f"{k}: {v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
+        if r["status"] == "ok":
+            table.add_row(
+                r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
+                ppl, f"{r['timings']['total_s']:.0f}",
+            )
+        else:
+            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], "")
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point: one-paragraph errors with exit code 2, tracebacks only with --debug."""
+    import click
+    from pydantic import ValidationError
+
+    try:
+        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (HarnessError, ValidationError, ImportError, FileNotFoundError) as exc:
+        if _state["debug"]:
+            console.print_exception()
+        console.print(f"error: {exc}", soft_wrap=True, highlight=False, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished cells are saved, run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Plots: perplexity vs bits per weight, one figure per model and evaluation dataset.
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure``), never through
+``pyplot``: no GUI backend is touched, no global backend is switched (a notebook's stays as
+it is), and nothing needs closing. PNG is rendered by Agg, SVG by the SVG backend.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from harness.report.tables import PPL_PREFIX
+from harness.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+PLOT_FORMATS = ("png", "svg")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+_LOG_SPAN = 10.0  # log-scale y when max/min perplexity exceeds this
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
+
+
+def plot_path(out_dir: Path, model: str, dataset: str, fmt: str) -> Path:
+    """``<out_dir>/<model>_<dataset>_ppl_vs_bits.<fmt>`` (unsafe characters become ``_``)."""
+    return Path(out_dir) / f"{_safe(model)}_{_safe(dataset)}_ppl_vs_bits.{fmt}"
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    return values[values.map(lambda v: isinstance(v, float) and math.isfinite(v) and v > 0)]
+
+
+def ppl_vs_bits_figure(results: pd.DataFrame, model: str, dataset: str) -> Figure | None:
+    """Perplexity on ``dataset`` vs measured bits/weight for ``model``.
+
+    ``results`` is :func:`harness.report.tables.results_frame`. One line+marker series per
+    method (sorted by bits); each reference row (``reference`` true) is a dashed horizontal
+    line labelled with its perplexity. Points with missing bits or non-finite perplexity
+    (a diverged cell) are left out. Returns None when nothing is left to plot.
+    """
+    from matplotlib.figure import Figure
+
+    column = PPL_PREFIX + dataset
+    rows = results[(results["model"] == model) & results[column].notna()]
+    refs = rows[rows["reference"]]
+    quant = rows[~rows["reference"] & rows["bits"].notna()]
+    dropped = len(quant) - len(_finite(quant[column]))
+    if dropped:
+        logger.warning("%s/%s: %d point(s) with non-finite perplexity left out of the plot", model, dataset, dropped)
+    quant = quant.loc[_finite(quant[column]).index]
+    refs = refs.loc[_finite(refs[column]).index]
+    if quant.empty and refs.empty:
+        return None
+
+    fig = Figure(figsize=(8.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for i, (method, group) in enumerate(quant.groupby("method", sort=True)):
+        group = group.sort_values("bits")
+        ax.plot(group["bits"], group[column], marker=_MARKERS[i % len(_MARKERS)], linewidth=1.5,
+                markersize=6, label=str(method))
+    for j, (_, ref) in enumerate(refs.iterrows()):
+        ppl = float(ref[column])
+        ax.axhline(ppl, color="0.25", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
+                   label=f"{ref['method']} (unquantized): {ppl:.2f}")
+
+    values = pd.concat([quant[column], refs[column]]).astype(float)
+    if values.max() / values.min() > _LOG_SPAN:
+        _log_y(ax, math.log10(values.max() / values.min()))
+    if not quant.empty:
+        bits = quant["bits"].astype(float)
+        pad = max(0.1, 0.05 * (bits.max() - bits.min()))
+        ax.set_xlim(bits.min() - pad, bits.max() + pad)
+    ax.set_xlabel("measured size (bits/weight)")
+    ax.set_ylabel(f"perplexity on {dataset} (lower is better)")
+    ax.set_title(f"{model} — {dataset} perplexity vs bits/weight")
+    ax.grid(True, which="major", alpha=0.3)
+    # Outside the axes: "best" placement ignores the reference line and can cover it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    return fig
+
+
+def _plain(value: float, _pos: object = None) -> str:
+    """A perplexity tick as a plain number: ``20``, ``1,000``; ``1e+08`` only when huge."""
+    if value >= 1e7:
+        return f"{value:.0e}"
+    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
+
+
+def _minor(value: float, _pos: object = None) -> str:
+    """Label the 2x, 3x and 5x minor ticks (for spans under two decades)."""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return _plain(value) if round(mantissa) in (2, 3, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
+
+
+def _log_y(ax: object, decades: float) -> None:
+    """Log-scale y with plain-number ticks ("20", "400"), not "2x10^1"."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor) if decades < 2 else NullFormatter())
+
+
+def _render(fig: Figure, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    # No creation date in the metadata, so re-rendering the same results gives the same file.
+    metadata = {"Date": None} if fmt == "svg" else {}
+    fig.savefig(buf, format=fmt, dpi=150, metadata=metadata)
+    return buf.getvalue()
+
+
+def write_plots(results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = PLOT_FORMATS) -> list[Path]:
+    """One plot per model and perplexity dataset, in each of ``formats``; returns the paths."""
+    unknown = set(formats) - set(PLOT_FORMATS)
+    if unknown:
+        raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
+    written: list[Path] = []
+    datasets = [c[len(PPL_PREFIX):] for c in results.columns if c.startswith(PPL_PREFIX)]
+    for model in results["model"].drop_duplicates():
+        for dataset in datasets:
+            fig = ppl_vs_bits_figure(results, model, dataset)
+            if fig is None:
+                continue
+            for fmt in formats:
+                written.append(atomic_write_bytes(plot_path(out_dir, model, dataset, fmt), _render(fig, fmt)))
+    return written

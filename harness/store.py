@@ -1,0 +1,238 @@
+"""The results store: one JSON record per cell, written atomically.
+
+Layout under ``root``::
+
+    records/<key>.json   one record per cell key (written by the engine)
+    models/<key>/        saved quantized models
+    logs/<key>.log       each cell's log
+    tables/  plots/      the report
+
+Every file is written to a temp file in the same folder, fsynced and moved into place with
+``os.replace``, so a reader never sees a partial file, and several processes (local
+subprocesses, Ray tasks, Slurm jobs) may write the same or different keys at once: the last
+writer of a key wins.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Cell keys are hashes (see ``Cell.key``); anything that could escape the folder is refused.
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    The parent folder is created if needed. On any error the temp file is removed and an
+    existing file at ``path`` is left unchanged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its files are 0600; os.open(..., 0o666) honours the umask, so a results
+    # folder shared on a cluster stays readable by the group.
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot write a {type(obj).__name__} to a JSON record: convert it to a str, number, list or dict")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Serialise ``obj`` as indented JSON and write it atomically.
+
+    Serialisation happens before any file is touched, so an unserialisable object raises
+    ``TypeError`` and leaves no trace. Non-finite floats are written as ``NaN``/``Infinity``
+    (Python's JSON extension) so that a diverged perplexity round-trips.
+    """
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    return atomic_write_text(path, text)
+
+
+class ResultStore:
+    """Records, saved models, logs, tables and plots of one results folder.
+
+    Nothing is created on construction; folders appear when something is written.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    @staticmethod
+    def _check_key(key: Any) -> str:
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ValueError(
+                f"invalid cell key {key!r}: a key is the cell's config hash (letters, digits, '.', '_', '-')"
+            )
+        return key
+
+    def record_path(self, key: str) -> Path:
+        """``root/records/<key>.json``."""
+        return self.records_dir / f"{self._check_key(key)}.json"
+
+    def model_dir(self, key: str) -> Path:
+        """``root/models/<key>/``, where the engine saves the cell's model (not created here)."""
+        return self.models_dir / self._check_key(key)
+
+    def log_path(self, key: str) -> Path:
+        """``root/logs/<key>.log`` (the ``logs`` folder is created)."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        return self.logs_dir / f"{self._check_key(key)}.log"
+
+    # ------------------------------------------------------------------ records
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
+        """A record file's content, or None (logged) when it is unreadable or malformed."""
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            logger.warning("%s: unreadable record (%s); treating the cell as not run", path, exc)
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            logger.warning("%s: not a cell record (no 'key'); treating the cell as not run", path)
+            return None
+        return record
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The record of ``key``, or None if absent or corrupt."""
+        return self._read(self.record_path(key))
+
+    def put(self, record: dict[str, Any]) -> Path:
+        """Write ``record`` (which must carry its ``key``) atomically; returns its path."""
+        if not isinstance(record, dict) or "key" not in record:
+            raise ValueError("a record is a dict with a 'key' field (the cell's config hash)")
+        return atomic_write_json(self.record_path(record["key"]), record)
+
+    def is_finished(self, key: str) -> bool:
+        """True when ``key`` has a record with status ``ok`` (failed cells are re-run)."""
+        record = self.get(key)
+        return record is not None and record.get("status") == "ok"
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every readable record, ok and failed, sorted by label (then key)."""
+        if not self.records_dir.is_dir():
+            return []
+        found = (self._read(p) for p in self.records_dir.glob("*.json"))
+        return sorted((r for r in found if r is not None), key=lambda r: (str(r.get("label", "")), r["key"]))
+
+    def failed(self) -> list[dict[str, Any]]:
+        """Records whose status is not ``ok``, sorted by label."""
+        return [r for r in self.records() if r.get("status") != "ok"]
+
+    def find(self, pattern: str) -> list[dict[str, Any]]:
+        """Records whose key starts with ``pattern`` or whose label matches it (fnmatch).
+
+        ``find("3fa2")`` finds a key by its prefix; ``find("smollm2-135m/rtn/*")`` or
+        ``find("*/gptq/b2")`` select by label (case-sensitive).
+        """
+        return [
+            r
+            for r in self.records()
+            if r["key"].startswith(pattern) or fnmatch.fnmatchcase(str(r.get("label", "")), pattern)
+        ]
+
+    # ------------------------------------------------------------------ housekeeping
+    def cleanup_tmp(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Remove temp files left under ``root`` by killed writers; returns the removed paths.
+
+        Only this module's temp files (``.<name>.<pid>.<hex>.tmp``) older than ``older_than_s``
+        are removed, so a write in progress in another process is never disturbed. Call it
+        when a run starts.
+        """
+        removed: list[Path] = []
+        if not self.root.is_dir():
+            return removed
+        cutoff = time.time() - older_than_s
+        for path in self.root.rglob(f".*{_TMP_SUFFIX}"):
+            if not _TMP_NAME.match(path.name):
+                continue
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # removed by a concurrent cleanup
+                continue
+        if removed:
+            logger.info("removed %d stale temp file(s) under %s", len(removed), self.root)
+        return removed

@@ -1,0 +1,41 @@
+"""Subprocess entry point of the local executor: run one cell and write its record.
+
+Usage (internal): python -m harness.worker RESULTS_DIR CELL_KEY [--base-dir DIR] [--no-progress]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from harness.runner import run_cell
+from harness.store import ResultStore
+from harness.suite import Cell
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser.add_argument("results_dir", type=Path)
+    parser.add_argument("key")
+    parser.add_argument("--base-dir", type=Path, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    store = ResultStore(args.results_dir)
+    cell = Cell.model_validate(json.loads(cell_spec_path(store, args.key).read_text()))
+    log_path = store.log_path(args.key)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(log_path, mode="a"), logging.StreamHandler(sys.stderr)]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+    record = run_cell(cell, store, progress=not args.no_progress, base_dir=args.base_dir)
+    return 0 if record["status"] == "ok" else 1
+
+
+def cell_spec_path(store: ResultStore, key: str) -> Path:
+    return store.root / "cells" / f"{key}.json"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""`GroupIntLinear`: integer codes with a per-(group, output) scale and zero point, stored in
+the standard GPTQ checkpoint layout. Used by RTN and GPTQ.
+
+Weight model: `W[o, i] = (code[o, i] - zero[g(i), o]) * scale[g(i), o]` where `g(i)` is the
+group of input column `i` (`i // group_size`, or `g_idx[i]` after an act-order permutation).
+
+Buffers (the GPTQ layout):
+  qweight  int32 [ceil(in*bits/32), out]  codes packed along the input dim (LSB-first stream)
+  qzeros   int32 [G, ceil(out*bits/32)]   zero points packed along the output dim
+  scales   float16 [G, out]
+  g_idx    int32 [in]                     only when `has_g_idx` (act-order)
+  bias     (optional) the original bias, in its dtype
+
+Zero points are stored as the true zero ("v2" convention of GPTQModel). AutoGPTQ's legacy
+"v1" checkpoints store `zero - 1` instead; `to_gptq_state_dict(v1=True)` converts. Symmetric
+layers store the fixed zero `2**(bits-1)` like GPTQ does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.quantizer import QuantizedLinear, StoredTensor
+from methods.common.packing import MAX_BITS, pack_rows, packed_length, unpack_rows
+
+__all__ = ["GroupIntLinear"]
+
+
+class GroupIntLinear(QuantizedLinear):
+    """Packed integer group-quantized linear layer (see the module docstring for the layout).
+
+    `forward` dequantizes once and caches the dense weight per (dtype, device); the cache is
+    dropped on `load_state_dict` and on `.to()`/`.cuda()`/`.half()`. Set `cache_dequantized =
+    False` on an instance (or subclass) to trade speed for memory. `scales` stay float16 (the
+    stored format) whatever dtype the module is cast to; the bias follows the cast.
+    """
+
+    compute_path = "dequantize+matmul"
+    cache_dequantized: bool = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool = False,
+        has_g_idx: bool = False,
+        bias: torch.Tensor | None = None,
+    ):
+        super().__init__(in_features, out_features, bias)
+        if isinstance(bits, bool) or not 1 <= int(bits) <= MAX_BITS:
+            raise ValueError(f"GroupIntLinear: bits must be in 1..{MAX_BITS}, got {bits!r}")
+        if group_size != -1 and group_size < 1:
+            raise ValueError(
+                f"GroupIntLinear: group_size must be -1 (one group per row) or positive, got {group_size}"
+            )
+        self.bits = int(bits)
+        self.group_size = int(group_size)
+        self.symmetric = bool(symmetric)
+        self.has_g_idx = bool(has_g_idx)
+        groups = self.num_groups
+        self.register_buffer(
+            "qweight", torch.zeros(packed_length(in_features, bits), out_features, dtype=torch.int32)
+        )
+        self.register_buffer(
+            "qzeros", torch.zeros(groups, packed_length(out_features, bits), dtype=torch.int32)
+        )
+        self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
+        g_idx = torch.zeros(in_features, dtype=torch.int32) if has_g_idx else None
+        self.register_buffer("g_idx", g_idx)
+        self._cache: tuple[tuple[torch.dtype, torch.device], torch.Tensor] | None = None
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def effective_group_size(self) -> int:
+        """Input columns per group (`in_features` when `group_size == -1`)."""
+        return self.in_features if self.group_size == -1 else self.group_size
+
+    @property
+    def num_groups(self) -> int:
+        """G = ceil(in / effective_group_size)."""
+        return -(-self.in_features // self.effective_group_size)
+
+    def group_index(self) -> torch.Tensor:
+        """Group of each input column: int64 [in]."""
+        if self.g_idx is not None:
+            return self.g_idx.long()
+        return torch.arange(self.in_features, device=self.qweight.device) // self.effective_group_size
+
+    # ------------------------------------------------------------------------ construction
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        *,
+        bits: int,
+        group_size: int,
+        symmetric: bool = False,
+        g_idx: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> "GroupIntLinear":
+        """Pack a quantized weight.
+
+        codes: int [out, in] in [0, 2**bits); scales: float [G, out] (stored as float16; pass
+        float16-representable values for an exact round trip); zeros: int [G, out] in
+        [0, 2**bits); g_idx: int [in] group of each input column (act-order only), else None.
+        """
+        out_features, in_features = codes.shape
+        layer = cls(
+            in_features, out_features, bits=bits, group_size=group_size, symmetric=symmetric,
+            has_g_idx=g_idx is not None, bias=bias,
+        )
+        expected = (layer.num_groups, out_features)
+        if tuple(scales.shape) != expected or tuple(zeros.shape) != expected:
+            raise ValueError(
+                f"{cls.__name__}.from_codes: scales and zeros must have shape [G, out] = "
+                f"{list(expected)}, got {list(scales.shape)} and {list(zeros.shape)}"
+            )
+        device = codes.device
+        layer.qweight = pack_rows(codes.t(), bits, dim=0)
+        layer.qzeros = pack_rows(zeros, bits, dim=1)
+        layer.scales = scales.detach().to(device=device, dtype=torch.float16).contiguous()
+        if g_idx is not None:
+            if tuple(g_idx.shape) != (in_features,):
+                raise ValueError(
+                    f"{cls.__name__}.from_codes: g_idx must have shape [in] = [{in_features}], "
+                    f"got {list(g_idx.shape)}"
+                )
+            layer.g_idx = g_idx.detach().to(device=device, dtype=torch.int32).contiguous()
+        if layer.bias is not None:
+            layer.bias = layer.bias.to(device)
+        return layer
+
+    def layer_config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "has_g_idx": self.has_g_idx,
+            "bias_dtype": None if self.bias is None else str(self.bias.dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def from_layer_config(cls, config: dict[str, Any]) -> "GroupIntLinear":
+        cfg = dict(config)
+        bias_dtype = cfg.pop("bias_dtype", None)
+        in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")
+        bias = None if bias_dtype is None else torch.zeros(out_f, dtype=getattr(torch, bias_dtype))
+        return cls(in_f, out_f, bias=bias, **cfg)
+
+    # --------------------------------------------------------------------------- weights
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes: int32 [out, in]."""
+        return unpack_rows(self.qweight, self.bits, self.in_features, dim=0).t()
+
+    def zeros(self) -> torch.Tensor:
+        """Unpacked zero points: int32 [G, out]."""
+        return unpack_rows(self.qzeros, self.bits, self.out_features, dim=1)
+
+    def dequantize(self) -> torch.Tensor:
+        """Dense weight [out, in] float32: (code - zero[g]) * scale[g]."""
+        codes = unpack_rows(self.qweight, self.bits, self.in_features, dim=0)  # [in, out]
+        zeros = self.zeros()
+        scales = self.scales.float()
+        gs, groups = self.effective_group_size, self.num_groups
+        if self.g_idx is None and groups * gs == self.in_features:
+            w = (codes.view(groups, gs, -1) - zeros[:, None, :]).float() * scales[:, None, :]
+            w = w.reshape(self.in_features, self.out_features)
+        else:
+            g = self.group_index()
+            w = (codes - zeros[g]).float() * scales[g]
+        return w.t().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if self._cache is not None and self._cache[0] == key:
+            weight = self._cache[1]
+        else:
+            weight = self.dequantize().to(device=x.device, dtype=x.dtype)
+            self._cache = (key, weight) if self.cache_dequantized else None
+        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
+        return nn.functional.linear(x, weight, bias)
+
+    def _apply(self, fn, recurse: bool = True):
+        scales = self.scales
+        result = super()._apply(fn, recurse)
+        if self.scales.dtype != torch.float16:  # a dtype cast: keep the stored float16 values
+            self.scales = scales.to(device=self.scales.device)
+        self._cache = None
+        return result
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cache = None
+
+    # ---------------------------------------------------------------------------- bits
+    def stored_tensors(self) -> list[StoredTensor]:
+        tensors = [
+            StoredTensor("qweight", self.qweight, 32),
+            StoredTensor("qzeros", self.qzeros, 32),
+            StoredTensor("scales", self.scales, 16),
+        ]
+        if self.g_idx is not None:
+            tensors.append(StoredTensor("g_idx", self.g_idx, 32))
+        return tensors
+
+    def formula_bits(self) -> float:
+        """bits + (16-bit scale + bits-bit zero) per group of one row (+ 32-bit g_idx per column)."""
+        value = self.bits + (16 + self.bits) * self.num_groups / self.in_features
+        if self.has_g_idx:
+            value += 32 / self.out_features
+        return value
+
+    # -------------------------------------------------------------------------- export
+    def to_gptq_state_dict(self, v1: bool = True) -> dict[str, torch.Tensor]:
+        """Tensors in the GPTQ checkpoint layout, with `g_idx` always present (AutoGPTQ expects it).
+
+        v1=True: AutoGPTQ's legacy convention, qzeros hold `zero - 1`; it cannot represent a
+        zero point of 0 (raises ValueError: export with v1=False, GPTQModel's `gptq_v2`).
+        The bias is exported as float16.
+        """
+        qzeros = self.qzeros
+        if v1:
+            zeros = self.zeros()
+            if bool((zeros == 0).any()):
+                raise ValueError(
+                    "to_gptq_state_dict: a zero point of 0 cannot be stored in AutoGPTQ's v1 "
+                    "format (it stores zero-1); export with v1=False (checkpoint_format gptq_v2)"
+                )
+            qzeros = pack_rows(zeros - 1, self.bits, dim=1)
+        out = {
+            "qweight": self.qweight.clone(),
+            "qzeros": qzeros.clone(),
+            "scales": self.scales.clone(),
+            "g_idx": self.group_index().to(torch.int32),
+        }
+        if self.bias is not None:
+            out["bias"] = self.bias.to(torch.float16)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, bits={self.bits}, group_size={self.group_size}, "
+            f"symmetric={self.symmetric}, g_idx={self.has_g_idx}"
+        )
