@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark and compare post-training quantization methods.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 _state = {"debug": False}
 
 
@@ -162,21 +162,22 @@ def _compact(record: dict) -> dict:
 def _print_plan(cells, store) -> None:
     table = Table(title=f"{len(cells)} cells → {store.root}")
     for col in ("label", "key", "params", "calibration", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("label", "key"))
     for c in cells:
         calib = f"{c.calibration.source} {c.calibration.num_sequences}×{c.calibration.seqlen or 'default'}" if c.calibration else "—"
         status = "finished" if store.is_finished(c.key) else "to run"
-        table.add_row(c.label, c.key, json.dumps(c.params), calib, status)
+        params = " ".join(f"{k}={v}" for k, v in c.params.items())
+        table.add_row(c.label, c.key, params, calib, status)
     out.print(table)
 
 
 def _print_records(records) -> None:
     table = Table(title="results")
     for col in ("cell", "status", "bits", "model_bits", "size MB", "perplexity", "time s"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "cell")
     for r in records:
         m = r.get("metrics", {})
-        ppl = ", ".join(f"{k}: {v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
+        ppl = " ".join(f"{k}={v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
         if r["status"] == "ok":
             table.add_row(
                 r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
