@@ -6,6 +6,7 @@ The returned list holds one log entry per quantized layer (stored in the cell re
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -55,14 +56,13 @@ def quantize(
 def _quantize_data_free(
     model: nn.Module, quantizer: Quantizer, adapter: FamilyAdapter, *, seed: int, progress: bool
 ) -> list[dict[str, Any]]:
-    generator = torch.Generator().manual_seed(seed)
     linears = list(iter_block_linears(model, adapter))
     logs: list[dict[str, Any]] = []
     for name, block_index, linear in tqdm(
         linears, desc=f"quantize ({quantizer.name})", unit="layer", disable=not progress, leave=False
     ):
         ctx = QuantContext(
-            layer_name=name, block_index=block_index, generator=generator,
+            layer_name=name, block_index=block_index, generator=layer_generator(seed, name),
             device=linear.weight.device, progress=progress,
         )
         start = time.perf_counter()
@@ -70,6 +70,13 @@ def _quantize_data_free(
         replace_linear(model, name, qlayer, like=linear)
         logs.append(layer_log(name, qlayer, time.perf_counter() - start, ctx.log))
     return logs
+
+
+def layer_generator(seed: int, layer_name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, layer name): a layer gets the same random draws
+    whatever ran before it, so a resumed run equals an uninterrupted one."""
+    digest = hashlib.sha256(f"{seed}:{layer_name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def replace_linear(model: nn.Module, name: str, qlayer: QuantizedLinear, *, like: nn.Linear) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from datetime import datetime, timezone
@@ -65,7 +66,13 @@ def run_cell(cell: Cell, store: ResultStore, *, progress: bool = True, base_dir:
         logger.error("cell %s failed: %s: %s", cell.label, type(exc).__name__, exc)
         record = failed_record(cell, type(exc).__name__, str(exc), traceback.format_exc())
     store.put(record)
+    if record["status"] == "ok":  # per-block checkpoints are only needed until the record exists
+        shutil.rmtree(checkpoint_dir(store, cell), ignore_errors=True)
     return record
+
+
+def checkpoint_dir(store: ResultStore, cell: Cell) -> Path:
+    return store.root / "checkpoints" / cell.key
 
 
 def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path | None) -> dict[str, Any]:
@@ -101,7 +108,7 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
     linear_names = [name for name, _, _ in iter_block_linears(model, adapter)]
     layers = quantize(
         model, quantizer, adapter=adapter, calibration=calibration, seed=cell.seed,
-        progress=progress, checkpoint_dir=store.root / "checkpoints" / cell.key,
+        progress=progress, checkpoint_dir=checkpoint_dir(store, cell),
     )
     t_quantized = time.perf_counter()
 

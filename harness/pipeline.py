@@ -1,0 +1,290 @@
+"""The sequential block-wise calibration pipeline shared by every calibrated method.
+
+For block i = 0, 1, ...: run the calibration activations (outputs of the already-quantized
+blocks 0..i-1) through the still-unquantized block while accumulating, for every linear,
+H = mean over tokens of x xᵀ (float64); the block's outputs of that pass are the
+full-precision targets. Then `method.quantize_linear` replaces each linear, the optional
+`method.finetune_block` tunes the block against the targets, and the quantized block's
+outputs become the next block's inputs. Only one block's activations live at a time.
+
+After each block the block's state (packed layers and any tuned parameters) is written to
+`checkpoint_dir`; a killed run reloads the finished blocks, replays the calibration data
+through them (one forward pass each, no re-quantization) and continues at the next block.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.data import token_hash
+from harness.models.adapters import FamilyAdapter
+from harness.quantizer import (
+    LayerStats,
+    QuantContext,
+    QuantizedLinear,
+    Quantizer,
+    import_layer_class,
+    layer_class_path,
+)
+from harness.quantize import layer_generator, layer_log
+from harness.store import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockData:
+    """Calibration activations at the input of one block.
+
+    hidden: [n, seqlen, hidden_size] on `storage` (CPU when the model is on CUDA).
+    kwargs: per batch, the keyword arguments the model passed to its blocks
+        (position embeddings, attention mask, ...), already on the compute device.
+    batch_size: sequences per batch.
+    """
+
+    hidden: torch.Tensor
+    kwargs: list[dict[str, Any]]
+    batch_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def batches(self):
+        for b, start in enumerate(range(0, self.hidden.shape[0], self.batch_size)):
+            yield start, self.hidden[start : start + self.batch_size].to(self.device), self.kwargs[b]
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """One decoder block's output hidden states (blocks return a tensor or a tuple)."""
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.inference_mode()
+def capture_block_inputs(
+    model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, *, batch_size: int, storage: torch.device
+) -> BlockData:
+    """Run the model up to its first block and keep that block's inputs and call kwargs."""
+    first = adapter.blocks(model)[0]
+    device = next(model.parameters()).device
+    hidden_parts: list[torch.Tensor] = []
+    kwargs_list: list[dict[str, Any]] = []
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        hidden_parts.append(hidden.detach().to(storage))
+        kwargs_list.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, calibration.shape[0], batch_size):
+            try:
+                model(input_ids=calibration[start : start + batch_size].to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return BlockData(torch.cat(hidden_parts), kwargs_list, batch_size, device)
+
+
+class HessianAccumulator:
+    """Accumulates sum x xᵀ (float64) and token counts for named linears through forward hooks.
+
+    Linears fed the same input tensor (e.g. q/k/v) share one product per batch.
+    """
+
+    def __init__(self, linears: dict[str, nn.Linear]):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = dict.fromkeys(linears, 0)
+        self._shared: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in linears.items()]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            ident = (x.data_ptr(), tuple(x.shape))
+            cached = self._shared.get(ident)
+            if cached is not None and cached[0] is x:
+                xtx = cached[1]
+            else:
+                flat = x.reshape(-1, x.shape[-1]).float()
+                xtx = (flat.T @ flat).double()
+                # keep x alive until the batch ends, so its memory cannot be reused by another
+                # tensor of the same shape (which would alias the cache key)
+                self._shared[ident] = (x, xtx)
+            self.sums[name] = self.sums[name] + xtx if name in self.sums else xtx.clone()
+            self.counts[name] += x.numel() // x.shape[-1]
+        return hook
+
+    def next_batch(self) -> None:
+        self._shared.clear()
+
+    def stats(self, name: str) -> LayerStats:
+        return LayerStats(H=self.sums[name] / self.counts[name], num_samples=self.counts[name])
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._shared.clear()
+
+
+def _overrides_finetune(quantizer: Quantizer) -> bool:
+    return type(quantizer).finetune_block is not Quantizer.finetune_block
+
+
+def run_pipeline(
+    model: nn.Module,
+    quantizer: Quantizer,
+    adapter: FamilyAdapter,
+    calibration: torch.Tensor,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Quantize every block of `model` in place; returns one log entry per quantized linear.
+
+    calibration: [n, seqlen] int64 token ids.
+    """
+    blocks = adapter.blocks(model)
+    device = next(model.parameters()).device
+    storage = torch.device("cpu")
+    checkpoints = BlockCheckpoints(checkpoint_dir, token_hash(calibration)) if checkpoint_dir else None
+    done = checkpoints.finished_blocks() if checkpoints else 0
+    logs: list[dict[str, Any]] = []
+    if done:
+        logger.info("resuming: blocks 0..%d are already quantized (%s)", done - 1, checkpoint_dir)
+        for index in range(done):
+            logs.extend(checkpoints.load(index, blocks[index]))
+
+    data = capture_block_inputs(model, adapter, calibration, batch_size=batch_size, storage=storage)
+    with torch.inference_mode():
+        for index in tqdm(range(done), desc="replay finished blocks", disable=not progress or done == 0, leave=False):
+            _propagate(blocks[index], data)
+
+    wants_targets = _overrides_finetune(quantizer)
+    bar = tqdm(range(done, len(blocks)), desc=f"quantize ({quantizer.name})", unit="block", disable=not progress)
+    for index in bar:
+        block = blocks[index]
+        names = [name for group in adapter.linear_groups(block) for name in group]
+        linears = {name: block.get_submodule(name) for name in names}
+        start = time.perf_counter()
+        stats, targets = _accumulate(block, data, linears, keep_outputs=wants_targets)
+        block_logs = []
+        for name in names:
+            full_name = f"{adapter.blocks_path}.{index}.{name}"
+            ctx = QuantContext(
+                layer_name=full_name, block_index=index, generator=layer_generator(seed, full_name),
+                device=device, progress=progress,
+            )
+            t0 = time.perf_counter()
+            qlayer = quantizer.quantize_linear(linears[name], stats.pop(name), ctx)
+            block.set_submodule(name, qlayer.to(device))
+            block_logs.append(layer_log(full_name, qlayer, time.perf_counter() - t0, ctx.log))
+        if wants_targets:
+            ctx = QuantContext(
+                layer_name=f"{adapter.blocks_path}.{index}", block_index=index,
+                generator=layer_generator(seed, f"{adapter.blocks_path}.{index}"), device=device, progress=progress,
+            )
+            quantizer.finetune_block(block, data, targets, ctx)
+            for entry in ctx.log:
+                entry.setdefault("name", f"{adapter.blocks_path}.{index}")
+            block_logs.extend(ctx.log)
+        del targets
+        with torch.inference_mode():
+            _propagate(block, data)
+        if checkpoints:
+            checkpoints.save(index, block, block_logs)
+        logs.extend(block_logs)
+        bar.set_postfix(block=index, seconds=f"{time.perf_counter() - start:.1f}")
+    return logs
+
+
+@torch.inference_mode()
+def _accumulate(
+    block: nn.Module, data: BlockData, linears: dict[str, nn.Linear], *, keep_outputs: bool
+) -> tuple[dict[str, LayerStats], torch.Tensor | None]:
+    """One pass over the calibration data: H for every linear, and the block outputs if asked."""
+    acc = HessianAccumulator(linears)
+    outputs = torch.empty_like(data.hidden) if keep_outputs else None
+    try:
+        for start, hidden, kwargs in data.batches():
+            out = run_block(block, hidden, kwargs)
+            if outputs is not None:
+                outputs[start : start + hidden.shape[0]] = out.to(outputs.device)
+            acc.next_batch()
+    finally:
+        acc.remove()
+    return {name: acc.stats(name) for name in linears}, outputs
+
+
+def _propagate(block: nn.Module, data: BlockData) -> None:
+    """Replace `data.hidden` by the block's outputs, batch by batch, in place."""
+    for start, hidden, kwargs in data.batches():
+        data.hidden[start : start + hidden.shape[0]] = run_block(block, hidden, kwargs).to(data.hidden.device)
+
+
+class BlockCheckpoints:
+    """Per-block checkpoints: `block_XXXX.safetensors` (the block's state) + `block_XXXX.json`
+    (packed-layer classes and configs, layer logs, calibration hash)."""
+
+    def __init__(self, root: Path, calibration_hash: str):
+        self.root = Path(root)
+        self.calibration_hash = calibration_hash
+
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        return self.root / f"block_{index:04d}.safetensors", self.root / f"block_{index:04d}.json"
+
+    def finished_blocks(self) -> int:
+        """How many leading blocks have a complete checkpoint for this calibration set."""
+        index = 0
+        while True:
+            tensors, meta = self._paths(index)
+            if not (tensors.is_file() and meta.is_file()):
+                return index
+            try:
+                manifest = json.loads(meta.read_text())
+            except (OSError, json.JSONDecodeError):
+                return index
+            if manifest.get("calibration_hash") != self.calibration_hash:
+                logger.warning("checkpoint %s was made with other calibration data; starting over", meta)
+                return index
+            index += 1
+
+    def save(self, index: int, block: nn.Module, logs: list[dict[str, Any]]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tensors_path, meta_path = self._paths(index)
+        state = {k: v.detach().contiguous().cpu() for k, v in block.state_dict().items()}
+        tmp = tensors_path.with_suffix(".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(tensors_path)
+        layers = {
+            name: {"class": layer_class_path(m), "config": m.layer_config()}
+            for name, m in block.named_modules()
+            if isinstance(m, QuantizedLinear)
+        }
+        # the JSON is written last: its presence marks the block as finished
+        atomic_write_json(meta_path, {"calibration_hash": self.calibration_hash, "layers": layers, "logs": logs})
+
+    def load(self, index: int, block: nn.Module) -> list[dict[str, Any]]:
+        tensors_path, meta_path = self._paths(index)
+        manifest = json.loads(meta_path.read_text())
+        device = next(block.parameters()).device
+        for name, entry in manifest["layers"].items():
+            block.set_submodule(name, import_layer_class(entry["class"]).from_layer_config(entry["config"]))
+        block.load_state_dict(load_file(str(tensors_path)), strict=True)
+        block.to(device)
+        return manifest["logs"]
