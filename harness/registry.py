@@ -22,6 +22,8 @@ ENTRY_POINT_GROUP = "harness.methods"
 BUILTIN_METHODS: dict[str, str] = {
     "none": "methods.none:NoQuantizer",
     "rtn": "methods.rtn:RTNQuantizer",
+    "aqlm": "methods.aqlm:AQLMQuantizer",
+    "gptq": "methods.gptq:GPTQQuantizer",
 }
 
 

@@ -1,0 +1,137 @@
+"""`AQLMQuantizer`: additive multi-codebook quantization on the shared calibration pipeline."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.quantizer import LayerStats, QuantContext, Quantizer
+from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
+from methods.aqlm.config import PRESETS, AQLMConfig
+from methods.aqlm.layer import AQLMLinear
+
+logger = logging.getLogger(__name__)
+
+
+class AQLMQuantizer(Quantizer):
+    """AQLM: residual k-means init, then alternating Adam codebook steps and greedy/beam code
+    search through H, per linear layer (see `methods/aqlm/algorithm.py`)."""
+
+    name: ClassVar[str] = "aqlm"
+    Config: ClassVar[type[AQLMConfig]] = AQLMConfig
+    requires_calibration: ClassVar[bool] = True
+    config: AQLMConfig
+
+    @classmethod
+    def presets(cls, budget: int) -> dict[str, Any]:
+        """Budget 1: 1 codebook x 8 bits, group 8. Budget 2: 2 x 8 bits, group 8 (the paper's
+        1 x 16 bits is `methods.aqlm.config.PAPER_2BIT_1X16`, given as explicit params)."""
+        if budget not in PRESETS:
+            raise ValueError(
+                f"method 'aqlm' has no preset for a {budget}-bit budget (supported: "
+                f"{', '.join(map(str, PRESETS))}); give explicit `params: {{num_codebooks: ..., "
+                f"nbits_per_codebook: ..., in_group_size: ...}}`"
+            )
+        return dict(PRESETS[budget])
+
+    def codebook_specs(self) -> list[CodebookSpec]:
+        """The codebooks of every layer: `num_codebooks` x `nbits_per_codebook`, all groups."""
+        return [CodebookSpec(self.config.nbits_per_codebook)] * self.config.num_codebooks
+
+    def run_algorithm(
+        self, W: torch.Tensor, H: torch.Tensor, specs: list[CodebookSpec], ctx: QuantContext
+    ) -> AQLMResult:
+        """`aqlm_quantize` with this config, a per-layer progress bar (epoch, relative error)
+        and the layer's random draws from `ctx.generator`. W [out, in], H [in, in] on ctx.device."""
+        cfg = self.config
+        bar = tqdm(
+            total=cfg.max_epochs, desc=f"aqlm {ctx.layer_name}", unit="epoch", leave=False,
+            disable=not ctx.progress,
+        )
+
+        def progress(epoch: int, rel_error: float) -> None:
+            bar.n = epoch
+            bar.set_postfix(rel_error=f"{rel_error:.4g}", refresh=True)
+
+        try:
+            return aqlm_quantize(
+                W, H, specs, in_group_size=cfg.in_group_size, generator=ctx.generator,
+                max_epochs=cfg.max_epochs, steps_per_epoch=cfg.steps_per_epoch, lr=cfg.lr,
+                betas=cfg.betas, relative_mse_tolerance=cfg.relative_mse_tolerance,
+                beam_size=cfg.beam_size, kmeans_iters=cfg.kmeans_iters, kmeans_init=cfg.kmeans_init,
+                kmeans_metric=cfg.kmeans_metric,
+                callback=progress,
+            )
+        finally:
+            bar.close()
+
+    def quantize_linear(
+        self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext
+    ) -> AQLMLinear:
+        """Quantize `linear.weight` [out, in] with H = `stats.H`; returns an `AQLMLinear` on the
+        weight's device. Appends {layer, rel_error, init_rel_error, epochs, seconds} to `ctx.log`
+        (rel_error = E(Ŵ) / tr(W H Wᵀ) of the stored float16 representation)."""
+        cfg = self.config
+        start = time.perf_counter()
+        W, H = _checked_inputs(linear, stats, ctx, cfg.in_group_size)
+        result = self.run_algorithm(W, H, self.codebook_specs(), ctx)
+        bias = None if linear.bias is None else linear.bias.detach()
+        layer = AQLMLinear.from_result(
+            result.codebooks, result.codes, result.groups, result.nbits, result.scales,
+            in_features=W.shape[1], bias=bias,
+        ).to(linear.weight.device)
+        seconds = time.perf_counter() - start
+        ctx.log.append({
+            "layer": ctx.layer_name,
+            "rel_error": result.rel_error,
+            "init_rel_error": result.history[0],
+            "epochs": result.epochs,
+            "seconds": round(seconds, 3),
+        })
+        logger.info(
+            "aqlm %s: relative output error %.4g after %d epochs (init %.4g), %.1f s",
+            ctx.layer_name, result.rel_error, result.epochs, result.history[0], seconds,
+        )
+        return layer
+
+    def finetune_block(self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext) -> None:
+        """Block fine-tuning (config `finetune`): not implemented yet, a no-op.
+
+        TODO (after harness/pipeline.py lands): when `config.finetune`, train the block's
+        `AQLMLinear` codebooks and scales (codes frozen) and its norm weights with Adam
+        (`finetune_lr`, `finetune_betas`, batches of `finetune_batch_size` sequences) to
+        minimise the MSE between the block's outputs on `inputs` and `targets`, holding out
+        `finetune_val_fraction` of the sequences for early stopping (`finetune_patience`,
+        `finetune_keep_best`); log {epochs, train_loss, val_loss, seconds} to `ctx.log`.
+        """
+        return None
+
+
+def _checked_inputs(
+    linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext, in_group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [out, in] float32 and H [in, in] float64 on ctx.device, validated."""
+    if stats is None:
+        raise ValueError(f"aqlm: layer '{ctx.layer_name}' got no calibration statistics (H)")
+    out_features, in_features = linear.weight.shape
+    if in_features % in_group_size:
+        divisors = [d for d in (4, 8, 16, 32) if in_features % d == 0]
+        raise ValueError(
+            f"aqlm: layer '{ctx.layer_name}' has in_features={in_features}, which in_group_size="
+            f"{in_group_size} does not divide; set `in_group_size` to a divisor of {in_features}"
+            + (f" (e.g. {divisors})" if divisors else "")
+        )
+    if tuple(stats.H.shape) != (in_features, in_features):
+        raise ValueError(
+            f"aqlm: layer '{ctx.layer_name}': H has shape {list(stats.H.shape)}, expected "
+            f"[{in_features}, {in_features}]"
+        )
+    W = linear.weight.detach().to(device=ctx.device, dtype=torch.float32)
+    H = stats.H.detach().to(device=ctx.device, dtype=torch.float64)
+    if not bool(torch.isfinite(W).all()) or not bool(torch.isfinite(H).all()):
+        raise ValueError(f"aqlm: layer '{ctx.layer_name}' has non-finite weights or H (NaN or inf)")
+    return W, H
