@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--num-sequences", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=32)
+    parser.add_argument("--calibration-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -44,7 +45,10 @@ def main() -> None:
     calib = calibration_batch("embedded", loaded.tokenizer, args.num_sequences, args.seqlen, generator)
 
     start = time.perf_counter()
-    logs = quantize(loaded.model, quantizer, adapter=loaded.adapter, calibration=calib, seed=0, progress=True)
+    logs = quantize(
+        loaded.model, quantizer, adapter=loaded.adapter, calibration=calib, seed=0, progress=True,
+        calibration_dtype=getattr(torch, args.calibration_dtype),
+    )
     seconds = time.perf_counter() - start
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -53,7 +57,7 @@ def main() -> None:
     result = {
         "method": args.method,
         "params": quantizer.config.model_dump(),
-        "calibration": f"{args.num_sequences}x{args.seqlen} embedded",
+        "calibration": f"{args.num_sequences}x{args.seqlen} embedded, forward passes in {args.calibration_dtype}",
         "quantize_seconds": round(seconds, 1),
         "peak_rss_gib": round(peak_rss_gib, 2),
         "layers": len([entry for entry in logs if "bits" in entry]),

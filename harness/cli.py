@@ -1,4 +1,4 @@
-"""Command line: `harness run | validate | list | report | show`.
+"""Command line: `harness run | validate | list | report | show | bits`.
 
 Only this module turns exceptions into a one-paragraph message and an exit code:
 0 success, 1 some cell failed, 2 bad input (suite, arguments, paths). `--debug` shows tracebacks.
@@ -148,6 +148,46 @@ def show(
         if not full:
             record = _compact(record)
         out.print_json(json.dumps(record))
+
+
+@app.command()
+def bits(
+    model: str = typer.Option(..., "--model", "-m", help="shape preset (e.g. llama2-7b), config.json / model dir, or hub id with a cached config"),
+    method: str = typer.Option(..., "--method", help="registered method name (see `harness list`)"),
+    budget: Optional[int] = typer.Option(None, "--budget", "-b", help="nominal bit budget: the method's preset"),
+    params: Optional[str] = typer.Option(None, "--params", "-p", help="method params as JSON, over the preset"),
+    storage_bits: int = typer.Option(16, "--storage-bits", help="bits per non-quantized weight"),
+    as_json: bool = typer.Option(False, "--json", help="print the table as JSON"),
+) -> None:
+    """Bits per weight of a method config on a model, from its config alone (no weights):
+    per linear shape and in total (bits, the paper's bits, model bits)."""
+    from harness.metrics.bits_table import bits_table
+    from harness.models.shapes import SHAPE_PRESETS
+
+    try:
+        parsed = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"--params is not valid JSON ({exc}); e.g. --params '{{\"critical_ratio\": 0.05}}'") from exc
+    if not isinstance(parsed, dict):
+        raise HarnessError("--params must be a JSON object, e.g. '{\"in_group_size\": 8}'")
+    table = bits_table(model, method, budget=budget, params=parsed, storage_bits=storage_bits)
+    if as_json:
+        out.print_json(json.dumps(table.as_dict()))
+        return
+    grid = Table(title=f"{method}{f' b{budget}' if budget else ''} on {model} ({table.source})", title_justify="left")
+    for col in ("layers", "count", "out", "in", "bits", "bits_paper"):
+        grid.add_column(col, justify="left" if col == "layers" else "right")
+    for s in table.shapes:
+        grid.add_row(", ".join(s.names), str(s.count), str(s.out), str(s.inp), f"{s.bits:.4f}", f"{s.bits_paper:.4f}")
+    out.print(grid)
+    out.print(" ".join(f"{k}={v}" for k, v in table.params.items()), highlight=False)
+    out.print(
+        f"total over {table.quantized_weights:,} quantized weights: bits {table.bits:.4f}  bits_paper "
+        f"{table.bits_paper:.4f}  model_bits {table.model_bits:.4f} (all {table.total_weights:,} weights, "
+        f"non-quantized at {storage_bits} bits)", highlight=False,
+    )
+    if model not in SHAPE_PRESETS:
+        out.print(f"shape presets: {', '.join(SHAPE_PRESETS)}", highlight=False)
 
 
 def _compact(record: dict) -> dict:

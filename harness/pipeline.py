@@ -59,10 +59,18 @@ class BlockData:
     kwargs: list[dict[str, Any]]
     batch_size: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compute_dtype: torch.dtype = torch.float32
 
     def batches(self):
+        """(start index, hidden batch on the compute device, block kwargs) per batch."""
         for b, start in enumerate(range(0, self.hidden.shape[0], self.batch_size)):
             yield start, self.hidden[start : start + self.batch_size].to(self.device), self.kwargs[b]
+
+    def run(self, block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """`block`'s outputs for one batch, autocast to `compute_dtype` unless it is float32."""
+        enabled = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled):
+            return run_block(block, hidden, kwargs)
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -140,10 +148,6 @@ class HessianAccumulator:
         self._shared.clear()
 
 
-def _overrides_finetune(quantizer: Quantizer) -> bool:
-    return type(quantizer).finetune_block is not Quantizer.finetune_block
-
-
 def run_pipeline(
     model: nn.Module,
     quantizer: Quantizer,
@@ -154,10 +158,13 @@ def run_pipeline(
     progress: bool = True,
     checkpoint_dir: Path | None = None,
     batch_size: int = 8,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> list[dict[str, Any]]:
     """Quantize every block of `model` in place; returns one log entry per quantized linear.
 
     calibration: [n, seqlen] int64 token ids.
+    compute_dtype: dtype of the calibration forward passes (autocast when it differs from the
+        model's); activations are stored and H is accumulated in float32/float64 regardless.
     """
     blocks = adapter.blocks(model)
     device = next(model.parameters()).device
@@ -171,11 +178,12 @@ def run_pipeline(
             logs.extend(checkpoints.load(index, blocks[index]))
 
     data = capture_block_inputs(model, adapter, calibration, batch_size=batch_size, storage=storage)
+    data.compute_dtype = compute_dtype
     with torch.inference_mode():
         for index in tqdm(range(done), desc="replay finished blocks", disable=not progress or done == 0, leave=False):
             _propagate(blocks[index], data)
 
-    wants_targets = _overrides_finetune(quantizer)
+    wants_targets = quantizer.finetunes_blocks()
     bar = tqdm(range(done, len(blocks)), desc=f"quantize ({quantizer.name})", unit="block", disable=not progress)
     for index in bar:
         block = blocks[index]
@@ -222,7 +230,7 @@ def _accumulate(
     outputs = torch.empty_like(data.hidden) if keep_outputs else None
     try:
         for start, hidden, kwargs in data.batches():
-            out = run_block(block, hidden, kwargs)
+            out = data.run(block, hidden, kwargs)
             if outputs is not None:
                 outputs[start : start + hidden.shape[0]] = out.to(outputs.device)
             acc.next_batch()
@@ -234,7 +242,7 @@ def _accumulate(
 def _propagate(block: nn.Module, data: BlockData) -> None:
     """Replace `data.hidden` by the block's outputs, batch by batch, in place."""
     for start, hidden, kwargs in data.batches():
-        data.hidden[start : start + hidden.shape[0]] = run_block(block, hidden, kwargs).to(data.hidden.device)
+        data.hidden[start : start + hidden.shape[0]] = data.run(block, hidden, kwargs).to(data.hidden.device)
 
 
 class BlockCheckpoints:

@@ -31,12 +31,14 @@ def quantize(
     seed: int = 0,
     progress: bool = True,
     checkpoint_dir: Path | None = None,
+    calibration_dtype: torch.dtype = torch.float32,
 ) -> list[dict[str, Any]]:
     """Replace the linear layers of `model`'s decoder blocks by the method's packed layers.
 
     calibration: [n, seqlen] int64 token ids, required when `quantizer.requires_calibration`.
     seed: seeds the `torch.Generator` handed to the method (global RNGs are never touched).
     checkpoint_dir: where calibrated runs keep per-block checkpoints to resume after a kill.
+    calibration_dtype: dtype of the calibration forward passes (e.g. bfloat16 autocast on CPU).
     """
     if not quantizer.modifies_weights:
         return []
@@ -48,7 +50,7 @@ def quantize(
 
         return run_pipeline(
             model, quantizer, adapter, calibration,
-            seed=seed, progress=progress, checkpoint_dir=checkpoint_dir,
+            seed=seed, progress=progress, checkpoint_dir=checkpoint_dir, compute_dtype=calibration_dtype,
         )
     return _quantize_data_free(model, quantizer, adapter, seed=seed, progress=progress)
 

@@ -205,8 +205,28 @@ class Quantizer(ABC):
         Returns a `QuantizedLinear` computing the same function as the quantized weight.
         """
 
+    def finetunes_blocks(self) -> bool:
+        """Whether `finetune_block` does anything for this config (the pipeline then keeps the
+        full-precision block outputs as targets). Default: True iff the method overrides it."""
+        return type(self).finetune_block is not Quantizer.finetune_block
+
     def finetune_block(
         self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext
     ) -> None:
-        """Optional: tune a block's quantized parameters to match `targets` given `inputs`."""
+        """Optional: tune a block's quantized parameters after its linears were replaced.
+
+        inputs: `harness.pipeline.BlockData` — `inputs.hidden` [n, seqlen, hidden] float32 (the
+          block's calibration inputs), `inputs.batches()` / `inputs.run(block, hidden, kwargs)`
+          to call the block with the model's kwargs (position embeddings, masks).
+        targets: [n, seqlen, hidden] float32, the full-precision block's outputs on `inputs`.
+        Must leave the block in eval mode with its packed layers' buffers updated.
+        """
         return None
+
+    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
+        """Closed-form (bits, bits_paper) per weight of an [out, in] linear under this config,
+        computed without weights (for `harness bits` on shapes-only models): `bits` counts every
+        stored tensor as `formula_bits()` of the packed layer does, `bits_paper` as the method's
+        paper does (`paper_bits()`). Raise ValueError if the shape cannot be quantized (e.g. a
+        group size that does not divide `in_features`)."""
+        raise NotImplementedError(f"method '{self.name}' has no closed-form bits (`bits_for_shape`)")

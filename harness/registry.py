@@ -24,6 +24,7 @@ BUILTIN_METHODS: dict[str, str] = {
     "rtn": "methods.rtn:RTNQuantizer",
     "aqlm": "methods.aqlm:AQLMQuantizer",
     "gptq": "methods.gptq:GPTQQuantizer",
+    "crvq": "methods.crvq:CRVQQuantizer",
 }
 
 

@@ -102,6 +102,7 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
             "num_sequences": int(calibration.shape[0]),
             "seqlen": int(calibration.shape[1]),
             "seed": calib.seed,
+            "dtype": calib.dtype,
             "token_hash": token_hash(calibration),
         }
 
@@ -109,6 +110,7 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
     layers = quantize(
         model, quantizer, adapter=adapter, calibration=calibration, seed=cell.seed,
         progress=progress, checkpoint_dir=checkpoint_dir(store, cell),
+        calibration_dtype=_DTYPES[cell.calibration.dtype] if cell.calibration else torch.float32,
     )
     t_quantized = time.perf_counter()
 

@@ -51,6 +51,9 @@ class CalibrationSpec(_Strict):
     num_sequences: int = Field(128, gt=0)
     seqlen: int | None = Field(None, gt=0)
     seed: int | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of the calibration forward passes (autocast); H is always float64"
+    )
 
 
 class PerplexitySpec(_Strict):

@@ -153,3 +153,14 @@ def test_resume_skips_finished_blocks_and_equals_uninterrupted(tiny_llama_dir, c
         assert resumed.draws[name] == uninterrupted.draws[name]
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=calibration).logits, reference_model(input_ids=calibration).logits)
+
+
+def test_bfloat16_calibration_passes_give_close_H(tiny_llama_dir, calibration):
+    model = _load_tiny(tiny_llama_dir)
+    expected = _reference_H(copy.deepcopy(model), calibration)
+    quantizer = RecordingQuantizer(RecordingConfig())
+    run_pipeline(model, quantizer, get_adapter(model), calibration, progress=False, compute_dtype=torch.bfloat16)
+    for name, H in expected.items():
+        got = quantizer.seen[name].H
+        assert got.dtype == torch.float64
+        assert float((got - H).norm() / H.norm()) < 2e-2, name

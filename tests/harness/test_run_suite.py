@@ -57,13 +57,15 @@ def test_run_report_and_rerun(tmp_path, tiny_llama_dir, eval_text_file, plugin_e
     params: {group_size: 16}
   - name: toy
     budgets: [1]
+  - name: gptq
+    params: {bits: 4, group_size: 16}
 """
     suite = _suite(tmp_path, tiny_llama_dir, eval_text_file, methods)
     proc = _harness(["run", str(suite)], plugin_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = tmp_path / "results"
     records = _records(results)
-    assert len(records) == 5 and all(r["status"] == "ok" for r in records)
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
     by_label = {r["label"]: r for r in records}
     for r in records:
         m = r["metrics"]
@@ -72,6 +74,11 @@ def test_run_report_and_rerun(tmp_path, tiny_llama_dir, eval_text_file, plugin_e
     assert by_label["tiny/none"]["reference"] and by_label["tiny/none"]["metrics"]["bits"] == 16
     rtn_bits = [by_label[f"tiny/rtn/b{b}"]["metrics"]["bits"] for b in (4, 3, 2)]
     assert rtn_bits == pytest.approx([b + (16 + b) / 16 for b in (4, 3, 2)], abs=1e-6)
+    gptq = by_label["tiny/gptq"]
+    assert gptq["calibration"]["num_sequences"] == 4 and gptq["calibration"]["seqlen"] == 64
+    assert gptq["metrics"]["bits"] == pytest.approx(4 + 20 / 16, abs=1e-6)
+    assert all(0 <= layer["rel_error"] < 0.1 for layer in gptq["layers"])
+    assert not (results / "checkpoints" / gptq["key"]).exists()  # removed once the record exists
     toy = by_label["tiny/toy/b1"]
     assert toy["layers"] and toy["metrics"]["bits"] < 2
     assert list((results / "tables").glob("*.md")) and list((results / "tables").glob("*.tex"))
