@@ -217,7 +217,9 @@ def run_pipeline(
         if checkpoints:
             checkpoints.save(index, block, block_logs)
         logs.extend(block_logs)
-        bar.set_postfix(block=index, seconds=f"{time.perf_counter() - start:.1f}")
+        seconds = time.perf_counter() - start
+        bar.set_postfix(block=index, seconds=f"{seconds:.1f}")
+        logger.info("block %d/%d quantized in %.1f s", index + 1, len(blocks), seconds)
     return logs
 
 
