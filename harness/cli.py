@@ -162,7 +162,6 @@ def bits(
     """Bits per weight of a method config on a model, from its config alone (no weights):
     per linear shape and in total (bits, the paper's bits, model bits)."""
     from harness.metrics.bits_table import bits_table
-    from harness.models.shapes import SHAPE_PRESETS
 
     try:
         parsed = json.loads(params) if params else {}
@@ -186,8 +185,6 @@ def bits(
         f"{table.bits_paper:.4f}  model_bits {table.model_bits:.4f} (all {table.total_weights:,} weights, "
         f"non-quantized at {storage_bits} bits)", highlight=False,
     )
-    if model not in SHAPE_PRESETS:
-        out.print(f"shape presets: {', '.join(SHAPE_PRESETS)}", highlight=False)
 
 
 def _compact(record: dict) -> dict:

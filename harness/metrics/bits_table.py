@@ -3,10 +3,11 @@
 The model is built on the meta device (`harness.models.shapes`); its block linears (the layers
 a suite quantizes, as listed by the family adapter) are grouped by shape, and each shape's bits
 come from the method's closed form `Quantizer.bits_for_shape(out, in) -> (bits, bits_paper)`.
-Totals follow `harness.metrics.bits`: `bits` / `bits_paper` are averages over the quantized
-weights; `model_bits` counts every parameter and persistent floating-point buffer (tied
-tensors once), non-quantized ones at `storage_bits`, quantized linears at their bits (their
-biases at `storage_bits`), over the number of elements of the original model.
+Totals are `harness.metrics.bits.bits_summary` of the meta model with each block linear
+replaced by a stand-in carrying its closed-form bits: `bits` / `bits_paper` are averages over
+the quantized weights; `model_bits` counts every parameter and persistent floating-point
+buffer (tied tensors once), non-quantized ones at `storage_bits`, quantized linears at their
+bits (their biases at `storage_bits`), over the number of elements of the original model.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.quantizer import Quantizer
+from harness.metrics.bits import bits_summary
+from harness.quantizer import QuantizedLinear, Quantizer
 
 __all__ = ["BitsTable", "ShapeBits", "bits_table", "make_quantizer", "shape_bits"]
 
@@ -33,9 +35,9 @@ class ShapeBits:
     bits: float
     bits_paper: float
 
-    @property
-    def weights(self) -> int:
-        return self.count * self.out * self.inp
+    def as_dict(self) -> dict[str, Any]:
+        return {"names": self.names, "count": self.count, "out": self.out, "in": self.inp, "bits": self.bits,
+                "bits_paper": self.bits_paper}
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,7 @@ class BitsTable:
     shapes: list[ShapeBits] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shapes"] = [{**asdict(s), "in": s.inp} for s in self.shapes]
-        for s in out["shapes"]:
-            del s["inp"]
-        return out
+        return {**asdict(self), "shapes": [s.as_dict() for s in self.shapes]}
 
 
 def make_quantizer(method: str, budget: int | None = None, params: dict[str, Any] | None = None) -> Quantizer:
@@ -110,18 +108,35 @@ def _aqlm_bits(quantizer: Any, out_features: int, in_features: int) -> tuple[flo
 _PENDING = {"aqlm": _aqlm_bits}
 
 
-def _elements(model: nn.Module) -> dict[int, tuple[str, int]]:
-    """id -> (name, numel) of every parameter and persistent floating buffer, tied ones once."""
-    seen: dict[int, tuple[str, int]] = {}
-    for module_name, module in model.named_modules():
-        tensors = list(module._parameters.items()) + [
-            (n, b) for n, b in module._buffers.items() if n not in module._non_persistent_buffers_set
-        ]
-        for name, t in tensors:
-            if t is None or not (t.is_floating_point() or t.is_complex()) or id(t) in seen:
-                continue
-            seen[id(t)] = (f"{module_name}.{name}" if module_name else name, t.numel())
-    return seen
+class _ClosedForm(QuantizedLinear):
+    """Stand-in for a quantized linear of a shapes-only model: its bits come from the method's
+    closed form, so `bits_summary` does the model's accounting (biases, tied tensors, buffers)."""
+
+    def __init__(self, linear: nn.Linear, bits: float, bits_paper: float):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        self._bits, self._paper = bits, bits_paper
+
+    def stored_bits(self) -> float:  # type: ignore[override]  # closed forms need not be integral
+        return self._bits * self.num_weights
+
+    def stored_tensors(self) -> list:
+        return []
+
+    def formula_bits(self) -> float:
+        return self._bits
+
+    def paper_bits(self) -> float:
+        return self._paper
+
+    def dequantize(self):
+        raise RuntimeError("a shapes-only layer has no weights")
+
+    def layer_config(self) -> dict[str, Any]:
+        raise RuntimeError("a shapes-only layer cannot be saved")
+
+    @classmethod
+    def from_layer_config(cls, config: dict[str, Any]) -> "_ClosedForm":
+        raise RuntimeError("a shapes-only layer cannot be loaded")
 
 
 def bits_table(
@@ -137,36 +152,25 @@ def bits_table(
     config, source = resolve_config(model)
     lm = meta_model(config)
     adapter = get_adapter(lm)
-    groups: dict[tuple[int, int], tuple[list[str], list[nn.Linear]]] = {}
-    prefix = f"{adapter.blocks_path}."
-    for name, _, linear in iter_block_linears(lm, adapter):
-        names, layers = groups.setdefault((linear.out_features, linear.in_features), ([], []))
-        short = name.removeprefix(prefix).split(".", 1)[1]
-        if short not in names:
-            names.append(short)
-        layers.append(linear)
-
-    shapes: list[ShapeBits] = []
-    q_weights = 0
-    q_bits = q_paper = 0.0
-    replaced: set[int] = set()
-    for (out_f, in_f), (names, layers) in groups.items():
-        bits, paper = shape_bits(quantizer, out_f, in_f, storage_bits)
-        row = ShapeBits(names, len(layers), out_f, in_f, bits, paper)
-        shapes.append(row)
-        q_weights += row.weights
-        q_bits += bits * row.weights
-        q_paper += paper * row.weights
-        replaced.update(id(layer.weight) for layer in layers)
-
-    elements = _elements(lm)
-    total = sum(n for _, n in elements.values())
-    other = sum(n for key, (_, n) in elements.items() if key not in replaced)
-    model_bits = (q_bits + other * storage_bits) / total if total else float("nan")
-    resolved = quantizer.config.model_dump(mode="json")
+    linears = list(iter_block_linears(lm, adapter))
+    groups: dict[tuple[int, int], list[str]] = {}
+    counts: dict[tuple[int, int], int] = {}
+    for name, _, linear in linears:
+        shape = (linear.out_features, linear.in_features)
+        short = name.removeprefix(f"{adapter.blocks_path}.").split(".", 1)[1]
+        if short not in groups.setdefault(shape, []):
+            groups[shape].append(short)
+        counts[shape] = counts.get(shape, 0) + 1
+    shapes = [ShapeBits(names, counts[shape], *shape, *shape_bits(quantizer, *shape, storage_bits))
+              for shape, names in groups.items()]
+    if quantizer.modifies_weights:
+        by_shape = {(s.out, s.inp): s for s in shapes}
+        for name, _, linear in linears:
+            row = by_shape[(linear.out_features, linear.in_features)]
+            lm.set_submodule(name, _ClosedForm(linear, row.bits, row.bits_paper))
+    summary = bits_summary(lm, storage_bits=storage_bits, linear_names=[name for name, _, _ in linears])
     return BitsTable(
-        model=model, source=source, method=method, params=resolved,
-        bits=q_bits / q_weights if q_weights else float("nan"),
-        bits_paper=q_paper / q_weights if q_weights else float("nan"),
-        model_bits=model_bits, quantized_weights=q_weights, total_weights=total, shapes=shapes,
+        model=model, source=source, method=method, params=quantizer.config.model_dump(mode="json"),
+        bits=summary.bits, bits_paper=summary.bits_paper, model_bits=summary.model_bits,
+        quantized_weights=summary.quantized_weights, total_weights=summary.total_weights, shapes=shapes,
     )

@@ -115,7 +115,8 @@ def resolve_config(model: str) -> tuple[Any, str]:
         raise ModelLoadError(
             f"model '{model}' is not a shape preset, not an existing config.json or model directory, and "
             f"no config for a hub id '{model}' is in the local Hugging Face cache (never downloaded here).{hint} "
-            f"Shape presets: {', '.join(SHAPE_PRESETS)}. Or give the path of the model's config.json."
+            f"Shape presets: {', '.join(SHAPE_PRESETS)}. Or give the path of the model's config.json "
+            f"(for a hub model: `hf download {model} config.json` where the hub is reachable)."
         ) from exc
 
 

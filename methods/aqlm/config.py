@@ -58,7 +58,16 @@ class AQLMConfig(MethodConfig):
     finetune_lr: float = Field(1e-4, gt=0, description="Adam learning rate of block fine-tuning")
     finetune_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas of block fine-tuning")
     finetune_max_epochs: int = Field(10, ge=1, description="most passes over the block's calibration inputs")
-    finetune_batch_size: int = Field(8, ge=1, description="calibration sequences per fine-tuning step")
+    finetune_batch_size: int = Field(
+        8, ge=1,
+        description="calibration sequences per fine-tuning step, rounded to whole pipeline batches (8 "
+        "sequences by default; the gradients of several batches are accumulated)",
+    )
+    finetune_max_sequences: int | None = Field(
+        None, ge=1,
+        description="fine-tune on the first this many calibration sequences only (train + validation, rounded "
+        "up to whole pipeline batches); None = all. Bounds the cost on slow machines",
+    )
     finetune_val_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of calibration sequences held out for early stopping"
     )
@@ -68,7 +77,7 @@ class AQLMConfig(MethodConfig):
     @field_validator(
         "num_codebooks", "nbits_per_codebook", "in_group_size", "out_group_size", "scale_nbits",
         "max_epochs", "steps_per_epoch", "beam_size", "kmeans_iters", "finetune_max_epochs",
-        "finetune_batch_size", "finetune_patience", mode="before",
+        "finetune_batch_size", "finetune_max_sequences", "finetune_patience", mode="before",
     )
     @classmethod
     def _no_bools(cls, value: Any) -> Any:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, AQLMConfig
+from methods.aqlm.finetune import finetune_block as run_block_finetuning
 from methods.aqlm.layer import AQLMLinear
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 class AQLMQuantizer(Quantizer):
     """AQLM: residual k-means init, then alternating Adam codebook steps and greedy/beam code
-    search through H, per linear layer (see `methods/aqlm/algorithm.py`)."""
+    search through H, per linear layer (see `methods/aqlm/algorithm.py`); optionally block
+    fine-tuning after each block (`methods/aqlm/finetune.py`)."""
 
     name: ClassVar[str] = "aqlm"
     Config: ClassVar[type[AQLMConfig]] = AQLMConfig
@@ -98,17 +100,40 @@ class AQLMQuantizer(Quantizer):
         )
         return layer
 
-    def finetune_block(self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext) -> None:
-        """Block fine-tuning (config `finetune`): not implemented yet, a no-op.
+    def finetunes_blocks(self) -> bool:
+        """True when `config.finetune` (the pipeline then keeps the full-precision block outputs)."""
+        return self.config.finetune
 
-        TODO (after harness/pipeline.py lands): when `config.finetune`, train the block's
-        `AQLMLinear` codebooks and scales (codes frozen) and its norm weights with Adam
-        (`finetune_lr`, `finetune_betas`, batches of `finetune_batch_size` sequences) to
-        minimise the MSE between the block's outputs on `inputs` and `targets`, holding out
-        `finetune_val_fraction` of the sequences for early stopping (`finetune_patience`,
-        `finetune_keep_best`); log {epochs, train_loss, val_loss, seconds} to `ctx.log`.
-        """
+    def finetune_block(self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext) -> None:
+        """Block fine-tuning (config `finetune`; a no-op otherwise): Adam on the block's `AQLMLinear`
+        codebooks and scales (codes frozen) and its norm weights against the full-precision
+        block outputs `targets` [n, seqlen, hidden] on `inputs` (`harness.pipeline.BlockData`),
+        with a validation split and early stopping (`methods/aqlm/finetune.py`). Appends
+        {finetune_epochs, finetune_best_epoch, finetune_train_mse_start, finetune_train_mse_end,
+        finetune_val_mse_start, finetune_val_mse_best, finetune_seconds} to `ctx.log`."""
+        cfg = self.config
+        if not cfg.finetune:
+            return None
+        if targets is None:
+            raise ValueError(f"aqlm: block fine-tuning of '{ctx.layer_name}' got no full-precision targets")
+        entry = run_block_finetuning(
+            block, inputs, targets, lr=cfg.finetune_lr, betas=cfg.finetune_betas,
+            max_epochs=cfg.finetune_max_epochs, batch_size=cfg.finetune_batch_size,
+            val_fraction=cfg.finetune_val_fraction, patience=cfg.finetune_patience,
+            keep_best=cfg.finetune_keep_best, max_sequences=cfg.finetune_max_sequences, generator=ctx.generator,
+        )
+        ctx.log.append(entry)
+        logger.info(
+            "aqlm %s: fine-tuned %d epochs, val MSE %s -> %s (train %s -> %s), %.1f s",
+            ctx.layer_name, entry["finetune_epochs"], _fmt(entry["finetune_val_mse_start"]),
+            _fmt(entry["finetune_val_mse_best"]), _fmt(entry["finetune_train_mse_start"]),
+            _fmt(entry["finetune_train_mse_end"]), entry["finetune_seconds"],
+        )
         return None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _checked_inputs(

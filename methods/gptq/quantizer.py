@@ -139,6 +139,17 @@ class GPTQQuantizer(Quantizer):
             )
         return dict(_PRESETS[budget])
 
+    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
+        """(bits, bits_paper) of an [out, in] layer without quantizing it: `GPTQLinear.formula_bits`
+        (bits + (16-bit scale + bits-bit zero) per group of a row, groups = ceil(in / group_size),
+        + 32-bit g_idx per input column when act-order stores it); the paper counts the same."""
+        cfg = self.config
+        gs = in_features if cfg.group_size == -1 else cfg.group_size
+        value = cfg.bits + (16 + cfg.bits) * -(-in_features // gs) / in_features
+        if cfg.stores_g_idx(in_features):
+            value += 32 / out_features
+        return value, value
+
     def quantize_linear(self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext) -> GPTQLinear:
         """Quantize `linear.weight [out, in]` given `stats.H [in, in]`; returns a `GPTQLinear` on
         the weight's device. The math runs on `ctx.device`. Appends {rel_error, num_dead, damp,

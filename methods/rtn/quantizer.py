@@ -43,6 +43,16 @@ class RTNQuantizer(Quantizer):
             )
         return dict(_PRESETS[budget])
 
+    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
+        """(bits, bits_paper) of an [out, in] layer without quantizing it: `RTNLinear.formula_bits`,
+        bits + (16-bit scale + bits-bit zero) per group of a row."""
+        cfg = self.config
+        if cfg.group_size != -1 and in_features % cfg.group_size:
+            raise ValueError(f"rtn: group_size={cfg.group_size} does not divide in_features={in_features}")
+        groups = 1 if cfg.group_size == -1 else in_features // cfg.group_size
+        value = cfg.bits + (16 + cfg.bits) * groups / in_features
+        return value, value
+
     def quantize_linear(
         self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext
     ) -> RTNLinear:

@@ -85,8 +85,10 @@ def test_quantize_linear_errors_name_the_layer():
         AQLMQuantizer(AQLMConfig()).quantize_linear(_linear(), None, _ctx())
 
 
-def test_finetune_block_is_a_no_op_for_now():
-    assert AQLMQuantizer(AQLMConfig()).finetune_block(nn.Identity(), None, None, _ctx()) is None
+def test_finetune_block_is_a_no_op_when_off():
+    quantizer = AQLMQuantizer(AQLMConfig())  # finetune defaults to False
+    assert not quantizer.finetunes_blocks()
+    assert quantizer.finetune_block(nn.Identity(), None, None, _ctx()) is None
 
 
 def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):

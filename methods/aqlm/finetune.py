@@ -1,0 +1,186 @@
+"""Block fine-tuning: after a block's linears are quantized, tune the continuous parameters of
+its `AQLMLinear` layers (codebooks and scales; codes frozen) and its norm weights with Adam so
+that the block's outputs on the calibration inputs match the full-precision block's (MSE).
+
+The calibration sequences are used in the pipeline's batches (`BlockData.batches`): the last
+`val_fraction` of the batches is held out (at least one when there are two or more), the rest
+is shuffled every epoch (from the given generator). After every epoch the validation MSE
+decides early stopping (`patience` epochs without improvement) and, with `keep_best`, which
+parameters are kept: those of the best epoch, or the unchanged ones if no epoch improved on
+the start. Afterwards codebooks and scales are float16 buffers again (rounded; the same
+`state_dict` keys and dtypes as before) and norm weights have their original dtype.
+
+The forward passes use `BlockData.run` (autocast to the calibration dtype, as the targets were
+computed). Everything else in the block is frozen; the block stays in eval mode (no dropout).
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.aqlm.layer import AQLMLinear
+
+__all__ = ["finetune_block", "trainable_block"]
+
+
+def _trainable_names(layer: AQLMLinear) -> list[str]:
+    return [*(f"codebook_{m}" for m in range(layer.num_codebooks)), "scales"]
+
+
+@contextmanager
+def trainable_block(block: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Inside the context, every `AQLMLinear` in `block` has its codebooks and scales as float32
+    `nn.Parameter`s, and every module whose class name contains "Norm" (RMSNorm, LayerNorm) has
+    float32 weights that require grad; all other parameters of the block are frozen. Yields those
+    trainable parameters. On exit (also on error) codebooks and scales become float16 buffers
+    again (in their original buffer order), norm weights get back their dtype and every
+    parameter its original `requires_grad`."""
+    flags = {p: p.requires_grad for p in block.parameters()}
+    for p in flags:
+        p.requires_grad_(False)
+    layers = [m for m in block.modules() if isinstance(m, AQLMLinear)]
+    orders = [list(layer._buffers) for layer in layers]
+    norm_dtypes: list[tuple[nn.Parameter, torch.dtype]] = []
+    params: list[nn.Parameter] = []
+    try:
+        for layer in layers:
+            for name in _trainable_names(layer):
+                value = layer._buffers.pop(name)
+                layer.register_parameter(name, nn.Parameter(value.detach().float()))
+                params.append(getattr(layer, name))
+        for module in block.modules():
+            if "Norm" in type(module).__name__:
+                for p in module.parameters(recurse=False):
+                    norm_dtypes.append((p, p.dtype))
+                    p.data = p.data.float()
+                    p.requires_grad_(True)
+                    params.append(p)
+        yield params
+    finally:
+        for layer, order in zip(layers, orders):
+            for name in _trainable_names(layer):
+                if name in layer._parameters:
+                    value = layer._parameters.pop(name).detach().to(torch.float16)
+                    layer._buffers[name] = value
+            buffers = dict(layer._buffers)
+            layer._buffers.clear()
+            layer._buffers.update({k: buffers[k] for k in order if k in buffers})
+        for p, dtype in norm_dtypes:
+            p.data = p.data.to(dtype)
+            p.grad = None
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        block.eval()
+
+
+def _cloned(value: Any) -> Any:
+    """`value` with every tensor cloned: tensors made under `torch.inference_mode` (the
+    pipeline's activations and block kwargs) cannot be saved for backward, their clones can."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple):
+        items = [_cloned(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [_cloned(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    return value
+
+
+def finetune_block(
+    block: nn.Module, inputs: Any, targets: torch.Tensor, *, lr: float, betas: tuple[float, float],
+    max_epochs: int, batch_size: int, val_fraction: float, patience: int, keep_best: bool,
+    max_sequences: int | None, generator: torch.Generator,
+) -> dict[str, Any]:
+    """Fine-tune `block` in place (see the module docstring); returns the log entry.
+
+    inputs: `harness.pipeline.BlockData` (hidden [n, seqlen, hidden] float32, per-batch kwargs);
+    targets: [n, seqlen, hidden] float32, the full-precision block's outputs.
+    batch_size: sequences per Adam step, as a whole number of the pipeline's batches (gradients
+      of several batches are accumulated; rounded, at least one batch).
+    max_sequences: use only the first sequences (rounded up to whole batches); None = all.
+    Log entry: finetune_epochs (epochs run); finetune_best_epoch (epoch of the best validation
+    MSE, 0 = the start); finetune_train_mse_start / _end (mean training MSE of the first / last
+    epoch, each batch measured before its own update); finetune_val_mse_start (before any
+    update) and finetune_val_mse_best; finetune_seconds. Validation entries are None without
+    a validation split. MSEs are per element of the hidden states (float32 targets).
+    """
+    start_time = time.perf_counter()
+    n = inputs.hidden.shape[0]
+    if max_sequences is not None:
+        n = min(n, max_sequences)
+    per_batch = inputs.batch_size
+    batches = [(s, min(per_batch, n - s), _cloned(inputs.kwargs[b])) for b, s in enumerate(range(0, n, per_batch))]
+    n_val = 0
+    if len(batches) >= 2 and val_fraction > 0:
+        n_val = min(len(batches) - 1, max(1, round(val_fraction * len(batches))))
+    train, val = batches[: len(batches) - n_val], batches[len(batches) - n_val :]
+    accumulate = max(1, round(batch_size / per_batch))
+    device = inputs.device
+
+    def loss_of(batch: tuple[int, int, dict[str, Any]]) -> torch.Tensor:
+        s, size, kwargs = batch
+        hidden = inputs.hidden[s : s + size].to(device, copy=True)
+        target = targets[s : s + size].to(device, dtype=torch.float32, copy=True)
+        return F.mse_loss(inputs.run(block, hidden, kwargs).float(), target)
+
+    def mean_loss(part: list) -> float:
+        with torch.no_grad():
+            return sum(float(loss_of(b)) * b[1] for b in part) / sum(b[1] for b in part)
+
+    with torch.inference_mode(False), torch.enable_grad(), trainable_block(block) as params:
+        block.eval()
+        snapshot = [p.detach().clone() for p in params]
+        best_state, best_epoch = snapshot, 0 if val else None
+        val_start = mean_loss(val) if val else None
+        best = val_start
+        optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
+        train_means: list[float] = []
+        epochs, bad, diverged = 0, 0, False
+        for epoch in range(1, max_epochs + 1):
+            total = 0.0
+            order = torch.randperm(len(train), generator=generator).tolist()
+            for i, index in enumerate(order):
+                loss = loss_of(train[index])
+                (loss / accumulate).backward()
+                total += float(loss.detach()) * train[index][1]
+                if (i + 1) % accumulate == 0 or i + 1 == len(order):
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            train_means.append(total / sum(b[1] for b in train))
+            epochs = epoch
+            current = mean_loss(val) if val else None
+            if not math.isfinite(train_means[-1]) or (current is not None and not math.isfinite(current)):
+                diverged = True
+                break
+            if current is not None:
+                if current < best:
+                    best, bad = current, 0
+                    best_state, best_epoch = [p.detach().clone() for p in params], epoch
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+        restore = best_state if val and (keep_best or diverged) else snapshot if diverged else None
+        if restore is not None:
+            with torch.no_grad():
+                for p, value in zip(params, restore):
+                    p.copy_(value)
+        optimizer.zero_grad(set_to_none=True)
+    return {
+        "finetune_epochs": epochs,
+        "finetune_best_epoch": best_epoch,
+        "finetune_train_mse_start": train_means[0] if train_means else None,
+        "finetune_train_mse_end": train_means[-1] if train_means else None,
+        "finetune_val_mse_start": val_start,
+        "finetune_val_mse_best": best,
+        "finetune_seconds": round(time.perf_counter() - start_time, 3),
+    }
