@@ -60,3 +60,14 @@ def capture(device: torch.device) -> dict[str, Any]:
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process so far: resident set size (GiB, from getrusage; the worker
+    runs one cell per process, so this is the cell's peak) and, on CUDA, the allocator's peak."""
+    import resource
+
+    peak = {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if device.type == "cuda" and torch.cuda.is_available():
+        peak["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return peak

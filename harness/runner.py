@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from harness import environment
+from harness.environment import peak_memory
 from harness.checkpoint import save_quantized
 from harness.data import calibration_batch, eval_windows, token_hash
 from harness.metrics.bits import count_bits
@@ -164,6 +165,7 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
             "quantize_s": round(t_quantized - t_loaded, 3),
             "eval_s": round(t_done - t_quantized, 3),
             "total_s": round(t_done - t0, 3),
+            **peak_memory(device),
         },
         environment=environment.capture(device),
         error=None,

@@ -80,32 +80,13 @@ def shape_bits(quantizer: Quantizer, out_features: int, in_features: int, storag
     try:
         bits, paper = quantizer.bits_for_shape(out_features, in_features)
     except NotImplementedError:
-        pending = _PENDING.get(quantizer.name)
-        if pending is None:
-            raise HarnessError(
-                f"method '{quantizer.name}' has no closed-form bits: implement "
-                f"`bits_for_shape(out_features, in_features) -> (bits, bits_paper)` on its Quantizer"
-            ) from None
-        bits, paper = pending(quantizer, out_features, in_features)
+        raise HarnessError(
+            f"method '{quantizer.name}' has no closed-form bits: implement "
+            f"`bits_for_shape(out_features, in_features) -> (bits, bits_paper)` on its Quantizer"
+        ) from None
     except ValueError as exc:
         raise HarnessError(f"method '{quantizer.name}' cannot quantize a [{out_features}, {in_features}] linear: {exc}") from exc
     return float(bits), float(paper)
-
-
-def _aqlm_bits(quantizer: Any, out_features: int, in_features: int) -> tuple[float, float]:
-    """AQLM's closed form, until `AQLMQuantizer.bits_for_shape` exists (methods/aqlm is being
-    edited elsewhere); delete this shim then."""
-    from methods.aqlm.layer import aqlm_formula_bits
-
-    cfg = quantizer.config
-    if in_features % cfg.in_group_size:
-        raise HarnessError(f"aqlm: in_group_size={cfg.in_group_size} does not divide in_features={in_features}")
-    value = aqlm_formula_bits(out_features, in_features, cfg.in_group_size, [cfg.nbits_per_codebook] * cfg.num_codebooks)
-    return value, value
-
-
-#: Temporary closed forms of methods whose Quantizer lacks `bits_for_shape` (see `_aqlm_bits`).
-_PENDING = {"aqlm": _aqlm_bits}
 
 
 class _ClosedForm(QuantizedLinear):

@@ -13,7 +13,7 @@ from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, AQLMConfig
 from methods.aqlm.finetune import finetune_block as run_block_finetuning
-from methods.aqlm.layer import AQLMLinear
+from methods.aqlm.layer import AQLMLinear, aqlm_formula_bits
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ class AQLMQuantizer(Quantizer):
                 f"nbits_per_codebook: ..., in_group_size: ...}}`"
             )
         return dict(PRESETS[budget])
+
+    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
+        """(bits, bits_paper) per weight of an [out, in] layer without quantizing it: codes,
+        codebooks and per-row scales (`aqlm_formula_bits`); AQLM's paper counts the same."""
+        cfg = self.config
+        if in_features % cfg.in_group_size:
+            raise ValueError(f"aqlm: in_group_size={cfg.in_group_size} does not divide in_features={in_features}")
+        value = aqlm_formula_bits(
+            out_features, in_features, cfg.in_group_size, [cfg.nbits_per_codebook] * cfg.num_codebooks
+        )
+        return value, value
 
     def codebook_specs(self) -> list[CodebookSpec]:
         """The codebooks of every layer: `num_codebooks` x `nbits_per_codebook`, all groups."""
@@ -79,7 +90,7 @@ class AQLMQuantizer(Quantizer):
         (rel_error = E(Ŵ) / tr(W H Wᵀ) of the stored float16 representation)."""
         cfg = self.config
         start = time.perf_counter()
-        W, H = _checked_inputs(linear, stats, ctx, cfg.in_group_size)
+        W, H = checked_inputs(linear, stats, ctx, cfg.in_group_size)
         result = self.run_algorithm(W, H, self.codebook_specs(), ctx)
         bias = None if linear.bias is None else linear.bias.detach()
         layer = AQLMLinear.from_result(
@@ -136,7 +147,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _checked_inputs(
+def checked_inputs(
     linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext, in_group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """W [out, in] float32 and H [in, in] float64 on ctx.device, validated."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
-from methods.aqlm.quantizer import AQLMQuantizer, _checked_inputs  # shared input checks
+from methods.aqlm.quantizer import AQLMQuantizer, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize
 from methods.crvq.config import PRESETS, CRVQConfig
 from methods.crvq.layer import CRVQLinear
@@ -82,7 +82,7 @@ class CRVQQuantizer(Quantizer):
         """
         cfg = self.config
         start = time.perf_counter()
-        W, H = _checked_inputs(linear, stats, ctx, cfg.in_group_size)
+        W, H = checked_inputs(linear, stats, ctx, cfg.in_group_size)
 
         def engine(Wp: torch.Tensor, Hp: torch.Tensor, specs: list) -> Any:
             return self.engine.run_algorithm(Wp, Hp, specs, ctx)
