@@ -40,6 +40,20 @@ def _main(
     )
 
 
+STAND_IN_HELP = ("run a small stand-in of the suite: `embedded` (SmolLM2-135M, its offline corpus and task pack, "
+                 "reduced settings) or an overlay YAML (see harness/stand_in.py); results go to <output_dir>-<stand-in>")
+
+
+def _print_stand_in(suite) -> None:
+    """List what a stand-in substituted (also stored in every record)."""
+    if not suite.stand_in:
+        return
+    info = suite.stand_in
+    console.print(f"stand-in '{info['name']}' of suite '{info['suite']}': {info['description']}", highlight=False)
+    for change in info["substitutions"]:
+        console.print(f"  {change}", highlight=False, markup=False)
+
+
 def _select(cells, only: Optional[str]):
     if not only:
         return cells
@@ -51,28 +65,30 @@ def _select(cells, only: Optional[str]):
 def run(
     suite_path: Path = typer.Argument(..., metavar="SUITE", help="suite YAML file"),
     only: Optional[str] = typer.Option(None, "--only", help="run only cells whose label matches (glob or substring)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the cell plan and exit"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the cell plan (bits, memory, estimated time) and exit"),
+    device_profile: Optional[str] = typer.Option(None, "--device-profile", help="dry run: estimate for `cuda` or `cpu` (default: the suite's device)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="results directory (default: the suite's output_dir)"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help=STAND_IN_HELP),
 ) -> None:
     """Run every cell of a suite (finished cells are skipped), then write tables and plots."""
-    from harness.executors.local import run_local
+    from harness.executors import check_executor, run_cells
     from harness.report import write_report
     from harness.store import ResultStore
     from harness.suite import load_suite, output_dir, resolve_cells
 
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, stand_in=stand_in)
+    _print_stand_in(suite)
     cells = _select(resolve_cells(suite, suite_path), only)
     if not cells:
         raise HarnessError(f"{suite_path}: no cell matches --only {only!r}; run with --dry-run to see the cell labels.")
     store = ResultStore(output or output_dir(suite, suite_path))
     if dry_run:
-        _print_plan(cells, store)
+        _print_plan(cells, store, base_dir=suite_path.resolve().parent, profile=device_profile)
         return
+    check_executor(suite.executor)
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
-    records = run_local(
-        cells, store, progress=progress, timeout_s=suite.executor.timeout_s, base_dir=suite_path.resolve().parent
-    )
+    records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name)
     _print_records(records)
     for p in paths:
@@ -84,12 +100,18 @@ def run(
 
 
 @app.command()
-def validate(suite_path: Path = typer.Argument(..., metavar="SUITE")) -> None:
+def validate(
+    suite_path: Path = typer.Argument(..., metavar="SUITE"),
+    stand_in: Optional[str] = typer.Option(None, "--stand-in", help=STAND_IN_HELP),
+) -> None:
     """Check a suite file (schema, methods, params, budgets, models, datasets) without running it."""
+    from harness.executors import check_executor
     from harness.suite import load_suite, resolve_cells
 
-    suite = load_suite(suite_path)
+    suite = load_suite(suite_path, stand_in=stand_in)
+    _print_stand_in(suite)
     cells = resolve_cells(suite, suite_path)
+    check_executor(suite.executor)
     out.print(f"{suite_path}: valid — {len(cells)} cells ({len(suite.models)} models × {len(suite.methods)} method lines)")
 
 
@@ -117,14 +139,34 @@ def list_methods() -> None:
 
 
 @app.command()
-def report(results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR")) -> None:
-    """(Re)write the tables and plots of a results directory."""
+def report(
+    results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
+    layout: str = typer.Option("default", "--layout", help="default (one row per cell, plots) | paper (the papers' table shape)"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="YAML of published numbers shown with deltas (paper layout)"),
+    zero_shot_metric: str = typer.Option("acc", "--zero-shot-metric", help="acc | acc_norm (paper layout)"),
+) -> None:
+    """(Re)write the tables and plots of a results directory; `--layout paper` writes
+    tables/paper.{md,tex} in the papers' shape (optionally with published numbers)."""
     from harness.report import write_report
     from harness.store import ResultStore
 
     if not (results_dir / "records").is_dir():
         raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
+    if layout not in ("default", "paper"):
+        raise HarnessError(f"--layout {layout!r}: use `default` or `paper`.")
+    if zero_shot_metric not in ("acc", "acc_norm"):
+        raise HarnessError(f"--zero-shot-metric {zero_shot_metric!r}: use `acc` or `acc_norm`.")
+    if reference is not None and layout != "paper":
+        raise HarnessError("--reference needs --layout paper.")
     store = ResultStore(results_dir)
+    if layout == "paper":
+        from harness.report.paper import write_paper_tables
+        from harness.report.reference import load_reference
+
+        ref = load_reference(reference) if reference else None
+        for p in write_paper_tables(store, reference=ref, metric=zero_shot_metric):
+            out.print(f"wrote {p}")
+        return
     paths = write_report(store, title=results_dir.name)
     _print_records(store.records())
     for p in paths:
@@ -196,32 +238,69 @@ def _compact(record: dict) -> dict:
     return record
 
 
-def _print_plan(cells, store) -> None:
+def _print_plan(cells, store, *, base_dir: Path, profile: Optional[str] = None) -> None:
+    """The cell plan: closed-form bits, memory and estimated time per cell (`harness.plan`)."""
+    from harness.plan import PROFILES, describe, format_seconds, plan_cells
+
+    plans = plan_cells(cells, base_dir=base_dir, profile=profile)
     table = Table(title=f"{len(cells)} cells → {store.root}")
-    for col in ("label", "key", "params", "calibration", "status"):
-        table.add_column(col, no_wrap=col in ("label", "key"))
-    for c in cells:
-        calib = f"{c.calibration.source} {c.calibration.num_sequences}×{c.calibration.seqlen or 'default'}" if c.calibration else "—"
+    for col in ("label", "key", "bits", "bits_paper", "model_bits", "GPU GiB", "host GiB", "est. time",
+                "calibration", "evaluations", "status"):
+        table.add_column(col, no_wrap=col in ("label", "key"), justify="right" if "bits" in col or "GiB" in col else "left")
+    sources: dict[str, str] = {}
+    for p in plans:
+        c = p.cell
         status = "finished" if store.is_finished(c.key) else "to run"
-        params = " ".join(f"{k}={v}" for k, v in c.params.items())
-        table.add_row(c.label, c.key, params, calib, status)
+        facts = describe(c)
+        if p.error:
+            table.add_row(c.label, c.key, "?", "?", "?", "?", "?", "?", facts["calibration"], facts["evaluations"], status)
+            sources[c.model.label] = p.error
+            continue
+        sources[c.model.label] = p.source
+        gib = "-" if p.device_gib is None else f"{p.device_gib:.1f}"
+        time = format_seconds(p.seconds) + ("" if p.method_cost_known else " + ?")
+        table.add_row(c.label, c.key, f"{p.bits:.4f}", f"{p.bits_paper:.4f}", f"{p.model_bits:.4f}", gib,
+                      f"{p.host_gib:.1f}", time, facts["calibration"], facts["evaluations"], status)
     out.print(table)
+    for label, source in sources.items():
+        out.print(f"model {label}: {source}", highlight=False)
+    todo = [p for p in plans if not p.error and not store.is_finished(p.cell.key)]
+    for name in sorted({p.profile for p in plans}):
+        out.print(f"estimates for {name}: {PROFILES[name].basis}", highlight=False)
+    out.print(
+        f"estimated time of the {len(todo)} unfinished cells: {format_seconds(sum(p.seconds for p in todo))} "
+        f"(a FLOP model, not a measurement; block fine-tuning counted at its maximum epochs; `+ ?` = a method "
+        f"without a cost model). Bits are closed forms from the model configs; memory is the peak phase "
+        f"(see harness/plan.py).", highlight=False,
+    )
+
+
+def _zero_shot_cell(metrics: dict) -> str:
+    """'43.6' (mean zero-shot acc, %) plus the number of tasks that failed, for the results table."""
+    zs = metrics.get("zero_shot") or {}
+    avg = (zs.get("average") or {}).get("acc")
+    text = "-" if avg is None else f"{100 * avg:.1f}"
+    failed = len(zs.get("errors") or [])
+    return text + (f" [red]({failed} failed)[/red]" if failed else "")
 
 
 def _print_records(records) -> None:
     table = Table(title="results")
-    for col in ("cell", "status", "bits", "model_bits", "size MB", "perplexity", "time s"):
+    zero_shot = any("zero_shot" in (r.get("metrics") or {}) for r in records)
+    columns = ("cell", "status", "bits", "model_bits", "size MB", "perplexity", *(("zero-shot acc %",) if zero_shot else ()), "time s")
+    for col in columns:
         table.add_column(col, no_wrap=col == "cell")
     for r in records:
         m = r.get("metrics", {})
         ppl = " ".join(f"{k}={v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
+        zs = (_zero_shot_cell(m),) if zero_shot else ()
         if r["status"] == "ok":
             table.add_row(
                 r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
-                ppl, f"{r['timings']['total_s']:.0f}",
+                ppl, *zs, f"{r['timings']['total_s']:.0f}",
             )
         else:
-            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], "")
+            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], *("" for _ in zs), "")
     out.print(table)
 
 

@@ -1,6 +1,7 @@
 """What a result was measured on: package versions, harness commit, device."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -10,7 +11,10 @@ from typing import Any
 
 import torch
 
-_PACKAGES = ("ptq-harness", "torch", "transformers", "lm_eval", "gguf", "safetensors", "datasets", "pandas")
+_PACKAGES = (
+    "ptq-harness", "torch", "transformers", "lm_eval", "gguf", "safetensors", "datasets", "pandas", "numpy",
+    "accelerate", "ray", "submitit",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,7 +48,16 @@ def git_commit() -> str | None:
         return None
 
 
-def capture(device: torch.device) -> dict[str, Any]:
+def visible_devices() -> list[str]:
+    """Names of every CUDA device this process can see (``CUDA_VISIBLE_DEVICES`` applied), else the CPU."""
+    if torch.cuda.is_available():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [device_name(torch.device("cpu"))]
+
+
+def capture(device: torch.device | None) -> dict[str, Any]:
+    """Package versions, harness commit, host, the device used (None: not known, e.g. for a
+    worker that died) and every visible device."""
     versions = {}
     for pkg in _PACKAGES:
         try:
@@ -57,7 +70,9 @@ def capture(device: torch.device) -> dict[str, Any]:
         "hostname": platform.node(),
         "packages": versions,
         "git_commit": git_commit(),
-        "device": device_name(device),
+        "device": device_name(device) if device is not None else None,
+        "devices": visible_devices(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -77,9 +77,17 @@ class QuantizedLinear(nn.Module, ABC):
     (bias excluded: it is counted in model bits); `formula_bits()` -> the method's closed-form
     bits per weight; `layer_config()` -> JSON-able kwargs such that
     `cls.from_layer_config(cfg)` builds an empty layer whose `load_state_dict` restores it.
+
+    Compute path (for throughput records): `compute_path` names the layer's nominal path; a
+    `forward` that dispatches between kernels (device, dtype, number of tokens) sets
+    `last_path` to the path the call actually took (e.g. "triton-aqlm-gemv", "aqlm-lookup",
+    "dequantize+matmul"). `reference_forward(x)` is the dequantized reference every fast path
+    is checked against: `F.linear(x, dequantize())` in x's dtype.
     """
 
     compute_path: str = "dequantize+matmul"
+    #: The path the most recent `forward` took (None before the first call).
+    last_path: str | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None = None):
         super().__init__()
@@ -116,9 +124,28 @@ class QuantizedLinear(nn.Module, ABC):
         """An empty layer with the right buffer shapes, to be filled by `load_state_dict`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_path = "dequantize+matmul"
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The dequantized reference: x Ŵᵀ + b with Ŵ = `dequantize()` cast to x's dtype
+        (built for this call only). x [..., in] -> [..., out] in x's dtype."""
         weight = self.dequantize().to(device=x.device, dtype=x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
         return torch.nn.functional.linear(x, weight, bias)
+
+    def trainable_buffers(self) -> list[str]:
+        """Names of the floating-point buffers that fine-tuning may tune as continuous parameters
+        (e.g. codebooks and scales; never codes or permutations). Default: none."""
+        return []
+
+    def buffers_changed(self) -> None:
+        """Called after tuned buffers were written back: drop anything cached from them."""
+        return None
+
+    def path_used(self) -> str:
+        """The path of the most recent forward, or `compute_path` before any call."""
+        return self.last_path or self.compute_path
 
     @property
     def num_weights(self) -> int:
@@ -230,3 +257,14 @@ class Quantizer(ABC):
         paper does (`paper_bits()`). Raise ValueError if the shape cannot be quantized (e.g. a
         group size that does not divide `in_features`)."""
         raise NotImplementedError(f"method '{self.name}' has no closed-form bits (`bits_for_shape`)")
+
+    def flops_for_shape(self, out_features: int, in_features: int) -> float | None:
+        """Expected floating-point operations of `quantize_linear` on an [out, in] linear under
+        this config (for the time estimates of `harness run --dry-run`); None = unknown."""
+        return None
+
+    def finetune_sequence_passes(self, num_sequences: int) -> float:
+        """Expected forward+backward passes of calibration sequences through each block by
+        `finetune_block` (sequences x epochs, for time estimates) given `num_sequences`
+        calibration sequences; 0 when the config does not fine-tune blocks (the default)."""
+        return 0.0

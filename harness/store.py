@@ -8,9 +8,15 @@ Layout under ``root``::
     tables/  plots/      the report
 
 Every file is written to a temp file in the same folder, fsynced and moved into place with
-``os.replace``, so a reader never sees a partial file, and several processes (local
-subprocesses, Ray tasks, Slurm jobs) may write the same or different keys at once: the last
-writer of a key wins.
+``os.replace`` (then the folder is fsynced), so a reader never sees a partial file and a
+process killed at any moment (kill -9) leaves either the old file or the new one, plus at
+most a stray temp file that readers ignore and :meth:`ResultStore.cleanup_tmp` removes.
+
+Several processes (local subprocesses, Ray tasks, Slurm jobs) may write records at once.
+Writes of one key are serialised by a lock file (``locks/<key>.lock``, ``flock``; released by
+the kernel when a writer dies) and follow one rule: **the first ``ok`` record of a key wins**.
+Once a key has an ``ok`` record, later writes of that key (``ok`` or failed) are dropped, so
+a finished result is never replaced or lost; a failed record is replaced by any later record.
 """
 from __future__ import annotations
 
@@ -22,8 +28,14 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX only; elsewhere writes of one key are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +112,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     ``TypeError`` and leaves no trace. Non-finite floats are written as ``NaN``/``Infinity``
     (Python's JSON extension) so that a diverged perplexity round-trips.
     """
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, _dumps(obj))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
 class ResultStore:
@@ -128,6 +143,10 @@ class ResultStore:
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
 
     @property
     def tables_dir(self) -> Path:
@@ -158,6 +177,10 @@ class ResultStore:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         return self.logs_dir / f"{self._check_key(key)}.log"
 
+    def traceback_path(self, key: str) -> Path:
+        """``root/logs/<key>.traceback.txt``: the traceback (or log tail) of a failed cell."""
+        return self.logs_dir / f"{self._check_key(key)}.traceback.txt"
+
     # ------------------------------------------------------------------ records
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
@@ -178,11 +201,38 @@ class ResultStore:
         """The record of ``key``, or None if absent or corrupt."""
         return self._read(self.record_path(key))
 
-    def put(self, record: dict[str, Any]) -> Path:
-        """Write ``record`` (which must carry its ``key``) atomically; returns its path."""
+    def put(self, record: dict[str, Any], *, replace_ok: bool = False) -> Path | None:
+        """Write ``record`` (which must carry its ``key``) atomically, unless the key already
+        has an ``ok`` record: the first ``ok`` record of a key wins (``replace_ok=True``
+        overrides that). Returns the record's path, or None when ``record`` was dropped.
+        """
         if not isinstance(record, dict) or "key" not in record:
             raise ValueError("a record is a dict with a 'key' field (the cell's config hash)")
-        return atomic_write_json(self.record_path(record["key"]), record)
+        path = self.record_path(record["key"])
+        text = _dumps(record)  # an unserialisable record fails before any I/O
+        with self._key_lock(record["key"]):
+            existing = self._read(path)
+            if not replace_ok and existing is not None and existing.get("status") == "ok":
+                logger.info(
+                    "%s: already has an ok record (finished %s); the %s record from this writer is dropped",
+                    path.name, existing.get("finished_at", "?"), record.get("status", "new"),
+                )
+                return None
+            return atomic_write_text(path, text)
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """Exclusive lock on ``locks/<key>.lock`` (``flock``: released when the holder exits or dies)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.locks_dir / f"{self._check_key(key)}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
 
     def is_finished(self, key: str) -> bool:
         """True when ``key`` has a record with status ``ok`` (failed cells are re-run)."""

@@ -11,13 +11,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, SuiteError
 from harness.registry import get_method, method_names
+from harness.tasks import PACK_TASKS, PAPER_TASKS
 
 #: Bump when the meaning of a record changes, so old records are not reused.
 RECORD_VERSION = 1
@@ -63,17 +64,93 @@ class PerplexitySpec(_Strict):
     batch_size: int = Field(1, gt=0)
 
 
+class ThroughputSpec(_Strict):
+    """Decode throughput (`harness.metrics.throughput`): greedy decoding with a static KV cache,
+    the unquantized model measured in the same run as the reference (repeats interleaved)."""
+
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, description="batch sizes to measure")
+    prompt_len: int = Field(1, gt=0, description="prompt tokens prefilled before decoding")
+    new_tokens: int = Field(128, gt=0, description="decode steps (new tokens) per timed run")
+    warmup: int = Field(2, ge=0, description="untimed runs first")
+    repeats: int = Field(5, gt=0, description="timed runs; the median is reported")
+    reference: bool = Field(True, description="also measure the unquantized model in the same run")
+    cuda_graphs: bool = Field(True, description="on CUDA, capture the decode step in a CUDA graph when possible")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError(f"batch sizes must be positive integers, got {v}")
+        return v
+
+
+class ZeroShotSpec(_Strict):
+    """Zero-shot accuracy through lm-eval (`harness.metrics.zeroshot`), always 0-shot.
+
+    The default task list is the protocol's (winogrande, piqa, hellaswag, arc_easy,
+    arc_challenge, boolq: they need the hub or a filled datasets cache); offline suites name
+    the shipped task pack (`embedded_lastword`, `embedded_cloze4`)."""
+
+    tasks: list[str] = Field(
+        default_factory=lambda: list(PAPER_TASKS), min_length=1, description="lm-eval task names, or the offline pack's"
+    )
+    batch_size: int = Field(8, gt=0, description="lm-eval batch size")
+    limit: Union[int, float, None] = Field(
+        None, gt=0, description="examples per task (an integer), or a fraction of them (< 1); None = all"
+    )
+    num_fewshot: Literal[0] = Field(0, description="fixed by the protocol")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not isinstance(t, str) or not re.fullmatch(r"[\w.\-]+", t)]
+        if bad:
+            raise ValueError(f"invalid task name(s) {bad}: use lm-eval task names such as piqa, arc_easy")
+        if len(set(v)) != len(v):
+            raise ValueError(f"task listed twice in {v}")
+        return v
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | float | None) -> int | float | None:
+        if isinstance(v, bool) or (isinstance(v, float) and v >= 1 and not v.is_integer()):
+            raise ValueError("must be a whole number of examples, or a fraction below 1")
+        return int(v) if isinstance(v, float) and v >= 1 else v
+
+
 class EvaluationsSpec(_Strict):
     perplexity: PerplexitySpec | None = Field(default_factory=PerplexitySpec)
+    throughput: ThroughputSpec | None = None
+    zero_shot: ZeroShotSpec | None = None
+
+
+class FinetuneE2ESpec(_Strict):
+    """End-to-end fine-tuning after quantization (`harness.finetune_e2e`): distil the unquantized
+    model's logits into the quantized model on the calibration sequences (KL per token), training
+    the layers' continuous tensors (codebooks, scales) and the norms. The same spec on two method
+    lines tunes them identically."""
+
+    epochs: int = Field(1, ge=1, description="passes over the training sequences")
+    lr: float = Field(1e-5, gt=0, description="Adam learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    batch_size: int = Field(16, ge=1, description="sequences per Adam step (gradients of microbatches accumulated)")
+    microbatch_size: int = Field(1, ge=1, description="sequences per forward/backward pass")
+    max_sequences: int | None = Field(None, ge=2, description="use the first this many calibration sequences (train + validation); None = all")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="the last fraction of the sequences, held out for early stopping")
+    patience: int = Field(2, ge=1, description="epochs without a lower validation KL before stopping")
+    keep_best: bool = Field(True, description="restore the tensors of the best validation epoch")
+    gradient_checkpointing: bool = Field(True, description="recompute each block's activations in the backward pass")
 
 
 class MethodEntry(_Strict):
-    """One method line of a suite: a name, explicit params and/or nominal bit budgets."""
+    """One method line of a suite: a name, explicit params and/or nominal bit budgets, and an
+    optional end-to-end fine-tuning stage after quantization."""
 
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     budgets: list[int] | None = None
+    finetune_e2e: FinetuneE2ESpec | None = None
 
     @field_validator("budgets")
     @classmethod
@@ -88,9 +165,57 @@ class ReportSpec(_Strict):
     plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
 
 
+ExecutorType = Literal["local", "ray", "slurm"]
+
+#: Which executor types each optional executor field applies to.
+_EXECUTOR_FIELDS = {
+    "max_parallel": ("ray", "slurm"),
+    "num_cpus": ("ray", "slurm"),
+    "num_gpus": ("ray", "slurm"),
+    "memory_gb": ("ray", "slurm"),
+    "address": ("ray",),
+    "partition": ("slurm",),
+    "time_min": ("slurm",),
+    "slurm_folder": ("slurm",),
+    "slurm_parameters": ("slurm",),
+    "local": ("slurm",),
+}
+
+
 class ExecutorSpec(_Strict):
-    type: Literal["local"] = "local"
+    """Where cells run: `local` (subprocesses here), `ray` (one Ray task per cell) or `slurm`
+    (one Slurm job per cell, through submitit)."""
+
+    type: ExecutorType = "local"
     timeout_s: float | None = Field(None, gt=0, description="kill a cell after this many seconds")
+    max_retries: int = Field(1, ge=0, description="re-runs of a cell whose worker died without a record")
+    max_parallel: int | None = Field(None, gt=0, description="ray/slurm: at most this many cells in flight")
+    num_cpus: float | None = Field(None, gt=0, description="ray/slurm: CPUs per cell (ray default 1)")
+    num_gpus: float | None = Field(None, ge=0, description="ray/slurm: GPUs per cell (default 1 for device cuda)")
+    memory_gb: float | None = Field(None, gt=0, description="ray/slurm: memory per cell in GiB")
+    address: str | None = Field(
+        None, description="ray: cluster address ('auto', host:port, ray://...); default: start a local instance"
+    )
+    partition: str | None = Field(None, description="slurm: partition")
+    time_min: int | None = Field(None, gt=0, description="slurm: job time limit in minutes (default 1440)")
+    slurm_folder: str | None = Field(None, description="slurm: submitit folder (default <results>/slurm)")
+    slurm_parameters: dict[str, Union[str, int]] = Field(
+        default_factory=dict, description="slurm: extra #SBATCH options, e.g. {account: x, qos: y}"
+    )
+    local: bool = Field(False, description="slurm: run the jobs as local processes (submitit's local executor)")
+
+    @model_validator(mode="after")
+    def _fields_match_type(self) -> "ExecutorSpec":
+        for name in sorted(self.model_fields_set & set(_EXECUTOR_FIELDS)):
+            if self.type not in _EXECUTOR_FIELDS[name]:
+                allowed = " or ".join(f"`type: {t}`" for t in _EXECUTOR_FIELDS[name])
+                raise ValueError(f"`executor.{name}` applies to {allowed} only, not `type: {self.type}`; remove it")
+        if self.type == "slurm":
+            for name in ("num_cpus", "num_gpus"):
+                value = getattr(self, name)
+                if value is not None and value != int(value):
+                    raise ValueError(f"`executor.{name}` must be a whole number for Slurm, got {value}")
+        return self
 
 
 class Suite(_Strict):
@@ -106,14 +231,25 @@ class Suite(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluations: EvaluationsSpec = Field(default_factory=EvaluationsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
-    executor: Union[Literal["local"], ExecutorSpec] = "local"
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    stand_in: dict[str, Any] | None = Field(
+        None, description="set by `harness run --stand-in`: what was substituted (copied into every record)"
+    )
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_shorthand(cls, value: Any) -> Any:
+        """`executor: ray` is short for `executor: {type: ray}`."""
+        if isinstance(value, str):
+            if value not in get_args(ExecutorType):
+                raise ValueError(f"unknown executor '{value}': use local, ray or slurm")
+            return {"type": value}
+        return value
 
     @model_validator(mode="after")
     def _normalise(self) -> "Suite":
         models = [ModelSpec(id=m) if isinstance(m, str) else m for m in self.models]
-        executor = ExecutorSpec(type=self.executor) if isinstance(self.executor, str) else self.executor
         object.__setattr__(self, "models", models)
-        object.__setattr__(self, "executor", executor)
         return self
 
 
@@ -132,11 +268,19 @@ class Cell(_Strict):
     device: str
     dtype: str
     save_model: bool
+    finetune_e2e: FinetuneE2ESpec | None = None
+    stand_in: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines the cell's results."""
-        payload = self.model_dump(mode="json", exclude={"suite", "save_model"})
+        """Hash of everything that determines the cell's results (`stand_in` only describes
+        them; an absent `finetune_e2e` is left out, so keys of cells without it are unchanged)."""
+        payload = self.model_dump(mode="json", exclude={"suite", "save_model", "stand_in"})
+        if payload.get("finetune_e2e") is None:
+            payload.pop("finetune_e2e", None)
+        for evaluation in ("throughput", "zero_shot"):  # keys of cells without them are unchanged
+            if payload["evaluations"].get(evaluation) is None:
+                payload["evaluations"].pop(evaluation, None)
         payload["record_version"] = RECORD_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -165,7 +309,7 @@ def _validation_message(path: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:4]:
         loc = _format_loc(err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; unknown keys are not allowed)"
         elif err["type"] == "missing":
@@ -175,8 +319,9 @@ def _validation_message(path: str, exc: ValidationError) -> str:
     return f"{path}: invalid suite — " + "; ".join(parts) + more + ". Fix the suite file and run `harness validate` again."
 
 
-def load_suite(path: str | os.PathLike) -> Suite:
-    """Read and validate a suite file (schema, methods, budgets, models, datasets)."""
+def load_suite(path: str | os.PathLike, *, stand_in: str | None = None) -> Suite:
+    """Read and validate a suite file (schema, methods, budgets, models, datasets), with a
+    stand-in overlay applied first when given (`harness.stand_in`: a built-in name or a file)."""
     p = Path(path)
     if not p.is_file():
         raise SuiteError(f"{p}: suite file not found. Give the path of a YAML suite, e.g. suites/quickstart.yaml.")
@@ -186,6 +331,10 @@ def load_suite(path: str | os.PathLike) -> Suite:
         raise SuiteError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}). Fix the syntax at the line it names.") from exc
     if not isinstance(raw, dict):
         raise SuiteError(f"{p}: a suite must be a YAML mapping with at least `name`, `models` and `methods`.")
+    if stand_in is not None:
+        from harness.stand_in import apply_stand_in, load_stand_in
+
+        raw = apply_stand_in(raw, load_stand_in(stand_in))
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
@@ -237,8 +386,22 @@ def _check_references(suite: Suite, path: Path) -> None:
                     f"source only; evaluate on wikitext2, c4, ptb, embedded or a text file."
                 )
             _check_dataset(ds, f"evaluations.perplexity.datasets[{i}]", path)
+    if suite.evaluations.zero_shot is not None:
+        for i, task in enumerate(suite.evaluations.zero_shot.tasks):
+            if task.startswith("embedded_") and task not in PACK_TASKS:  # lm-eval's names are checked at run time
+                raise SuiteError(
+                    f"{path}: field `evaluations.zero_shot.tasks[{i}]`: '{task}' is not a task of the offline "
+                    f"pack; its tasks are {', '.join(PACK_TASKS)}."
+                )
     for i, entry in enumerate(suite.methods):
         _resolve_entry(entry, f"{path}: field `methods[{i}]`")
+        method = get_method(entry.name)
+        if entry.finetune_e2e is not None and not (method.requires_calibration and method.modifies_weights):
+            raise SuiteError(
+                f"{path}: field `methods[{i}].finetune_e2e`: method '{entry.name}' is "
+                f"{'the unquantized reference' if not method.modifies_weights else 'calibration-free'}; end-to-end "
+                f"fine-tuning needs a quantized model and calibration sequences. Remove the key from this line."
+            )
 
 
 def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dict[str, Any]]]:
@@ -300,6 +463,8 @@ def resolve_cells(suite: Suite, suite_path: str | os.PathLike = "suite.yaml") ->
                     device=suite.device,
                     dtype=suite.dtype,
                     save_model=suite.save_models,
+                    finetune_e2e=entry.finetune_e2e,
+                    stand_in=suite.stand_in,
                 )
                 if cell.key in seen:
                     continue

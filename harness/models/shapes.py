@@ -3,8 +3,8 @@
 Bits accounting of large models (`harness bits`) needs every linear's shape, not its weights.
 `resolve_config` finds a config from, in order: a built-in shape preset (`SHAPE_PRESETS`,
 published configs written in code, e.g. "llama2-7b"), the embedded alias, a path to a
-config.json or a model directory, or a hub id whose config is already in the local Hugging
-Face cache (never downloaded). `meta_model` builds the model on the meta device (no memory,
+config.json or a model directory, a hub id whose config is already in the local Hugging
+Face cache (never downloaded), or the preset of a known hub id (`HUB_PRESETS`). `meta_model` builds the model on the meta device (no memory,
 no weights).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from harness.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SHAPE_PRESETS", "meta_model", "resolve_config"]
+__all__ = ["HUB_PRESETS", "SHAPE_PRESETS", "meta_model", "resolve_config"]
 
 
 def _llama(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
@@ -69,6 +69,18 @@ SHAPE_PRESETS: dict[str, Callable[[], Any]] = {
 }
 
 
+#: Hub ids whose published config a preset reproduces: `resolve_config` falls back to the preset
+#: when the hub id's config is not in the local cache (offline dry runs of paper suites).
+HUB_PRESETS: dict[str, str] = {
+    "meta-llama/Llama-2-7b-hf": "llama2-7b",
+    "meta-llama/Llama-2-13b-hf": "llama2-13b",
+    "meta-llama/Llama-2-70b-hf": "llama2-70b",
+    "meta-llama/Meta-Llama-3-8B": "llama3-8b",
+    "meta-llama/Meta-Llama-3-70B": "llama3-70b",
+    **{f"facebook/opt-{size}": f"opt-{size}" for size in ("125m", "350m", "1.3b", "2.7b", "6.7b", "13b", "30b", "66b")},
+}
+
+
 def _from_path(path: Path) -> Any:
     """The config of a model directory (its config.json) or of a config JSON file."""
     from transformers import AutoConfig
@@ -110,6 +122,9 @@ def resolve_config(model: str) -> tuple[Any, str]:
     try:
         return _from_hub_cache(model), f"hub id '{model}' (local cache)"
     except Exception as exc:
+        preset = {k.lower(): v for k, v in HUB_PRESETS.items()}.get(model.lower())
+        if preset is not None:
+            return SHAPE_PRESETS[preset](), f"preset '{preset}' (for hub id '{model}', not in the local cache)"
         close = difflib.get_close_matches(model.lower(), SHAPE_PRESETS, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ModelLoadError(

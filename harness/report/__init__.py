@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.report.tables import failures_frame, results_frame, write_tables
+from harness.report.tables import evaluation_errors_frame, failures_frame, results_frame, write_tables
 from harness.store import ResultStore
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,9 @@ def write_report(
     plots: Sequence[str] = ("png", "svg"),
     title: str | None = None,
 ) -> list[Path]:
-    """Write ``tables/results.{md,tex,csv}`` (+ ``tables/failures.md``) and
-    ``plots/<model>_<dataset>_ppl_vs_bits.{png,svg}`` under ``store.root``.
+    """Write ``tables/results.{md,tex,csv}`` (+ ``tables/failures.md``),
+    ``plots/<model>_<dataset>_ppl_vs_bits.{png,svg}`` and, for models with zero-shot results,
+    ``plots/<model>_zeroshot_acc_vs_bits.{png,svg}`` under ``store.root``.
 
     ``title`` heads the Markdown (default: the suite name(s) of the records). Returns the
     written paths; an empty store gives tables that say so and no plots.
@@ -37,7 +38,10 @@ def write_report(
     if title is None:
         suites = sorted({str(r["suite"]) for r in records if r.get("suite")})
         title = f"{', '.join(suites)} results" if suites else "Results"
-    written = write_tables(results, failures, store.tables_dir, tables, title=title) if tables else []
+    errors = evaluation_errors_frame(records)
+    written = (
+        write_tables(results, failures, store.tables_dir, tables, title=title, evaluation_errors=errors) if tables else []
+    )
     if plots and not results.empty:
         from harness.report.plots import write_plots  # matplotlib only when plotting
 

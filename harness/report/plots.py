@@ -1,4 +1,5 @@
-"""Plots: perplexity vs bits per weight, one figure per model and evaluation dataset.
+"""Plots: perplexity vs bits per weight, one figure per model and evaluation dataset, and
+zero-shot accuracy vs bits per weight, one figure per model (one panel per task and the average).
 
 Figures are built with the object-oriented API (``matplotlib.figure.Figure``), never through
 ``pyplot``: no GUI backend is touched, no global backend is switched (a notebook's stays as
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.report.tables import PPL_PREFIX
+from harness.report.tables import ACC_AVG, ACC_PREFIX, PPL_PREFIX
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -91,6 +92,53 @@ def ppl_vs_bits_figure(results: pd.DataFrame, model: str, dataset: str) -> Figur
     return fig
 
 
+def acc_plot_path(out_dir: Path, model: str, fmt: str) -> Path:
+    """``<out_dir>/<model>_zeroshot_acc_vs_bits.<fmt>``."""
+    return Path(out_dir) / f"{_safe(model)}_zeroshot_acc_vs_bits.{fmt}"
+
+
+def acc_vs_bits_figure(results: pd.DataFrame, model: str) -> Figure | None:
+    """Zero-shot accuracy (percent) vs measured bits/weight for ``model``: one panel per
+    ``acc:<task>`` column and one for ``acc:avg``; one series per method, each reference row a
+    dashed horizontal line. Returns None when the model has no zero-shot result."""
+    from matplotlib.figure import Figure
+
+    columns = [c for c in results.columns if c.startswith(ACC_PREFIX) and c != ACC_AVG]
+    columns += [ACC_AVG] if ACC_AVG in results.columns else []
+    rows = results[results["model"] == model]
+    columns = [c for c in columns if rows[c].notna().any()]
+    if not columns:
+        return None
+    ncols = min(len(columns), 4)
+    nrows = -(-len(columns) // ncols)
+    fig = Figure(figsize=(3.2 * ncols + 2.2, 2.9 * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    methods = sorted(rows.loc[~rows["reference"], "method"].unique())
+    for ax, column in zip(axes, columns):
+        points = rows[rows[column].notna()]
+        quant = points[~points["reference"] & points["bits"].notna()]
+        for method, group in quant.groupby("method", sort=True):
+            group = group.sort_values("bits")
+            ax.plot(group["bits"], 100 * group[column].astype(float), marker=_MARKERS[methods.index(method) % len(_MARKERS)],
+                    linewidth=1.5, markersize=5, label=str(method))
+        for j, (_, ref) in enumerate(points[points["reference"]].iterrows()):
+            ax.axhline(100 * float(ref[column]), color="0.25", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
+                       label=f"{ref['method']} (unquantized)")
+        ax.set_title("average" if column == ACC_AVG else column[len(ACC_PREFIX):], fontsize=10)
+        ax.set_xlabel("bits/weight")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(columns):]:
+        ax.set_visible(False)
+    handles, labels = {}, {}
+    for ax in axes[: len(columns)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+    fig.suptitle(f"{model} — zero-shot accuracy vs bits/weight (higher is better)")
+    return fig
+
+
 def _plain(value: float, _pos: object = None) -> str:
     """A perplexity tick as a plain number: ``20``, ``1,000``; ``1e+08`` only when huge."""
     if value >= 1e7:
@@ -122,7 +170,8 @@ def _render(fig: Figure, fmt: str) -> bytes:
 
 
 def write_plots(results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = PLOT_FORMATS) -> list[Path]:
-    """One plot per model and perplexity dataset, in each of ``formats``; returns the paths."""
+    """One plot per model and perplexity dataset, and one zero-shot accuracy plot per model
+    (where it has zero-shot results), in each of ``formats``; returns the paths."""
     unknown = set(formats) - set(PLOT_FORMATS)
     if unknown:
         raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
@@ -135,4 +184,8 @@ def write_plots(results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = P
                 continue
             for fmt in formats:
                 written.append(atomic_write_bytes(plot_path(out_dir, model, dataset, fmt), _render(fig, fmt)))
+        fig = acc_vs_bits_figure(results, model)
+        if fig is not None:
+            for fmt in formats:
+                written.append(atomic_write_bytes(acc_plot_path(out_dir, model, fmt), _render(fig, fmt)))
     return written

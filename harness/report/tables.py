@@ -15,6 +15,9 @@ from harness.store import atomic_write_text
 logger = logging.getLogger(__name__)
 
 PPL_PREFIX = "ppl:"
+#: Zero-shot accuracy columns (fractions in the frame and the CSV, percent in Markdown/LaTeX).
+ACC_PREFIX = "acc:"
+ACC_AVG = ACC_PREFIX + "avg"
 #: Frame columns before the per-dataset perplexity columns, and after them.
 _HEAD = ["model", "method", "budget", "params", "bits", "bits_paper", "model_bits", "size_mb"]
 _TAIL = ["quantize_s", "reference", "key"]
@@ -81,16 +84,26 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def zero_shot_tasks(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{task: {acc, acc_norm, ..., error}}`` of a record's zero-shot evaluation (empty if none)."""
+    zs = (record.get("metrics") or {}).get("zero_shot") or {}
+    tasks = zs.get("tasks") if isinstance(zs, dict) else None
+    return {t: v for t, v in (tasks or {}).items() if isinstance(v, dict)}
+
+
 def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per ``ok`` record; columns ``model, method, budget, params, bits, bits_paper,
-    model_bits, size_mb`` (10^6 bytes), one ``ppl:<dataset>`` per dataset, ``quantize_s``
-    (seconds), then ``reference`` and ``key``.
+    model_bits, size_mb`` (10^6 bytes), one ``ppl:<dataset>`` per dataset, one ``acc:<task>``
+    per zero-shot task (accuracy as a fraction) and ``acc:avg`` (their mean over the tasks that
+    some row has; NaN for a row that misses one), ``quantize_s`` (seconds), then ``reference``
+    and ``key``.
 
     Sorted by model, the reference first, then method, then bits descending.
     """
     ok = [r for r in records if r.get("status") == "ok"]
     params = params_strings(ok)
     datasets: list[str] = []
+    tasks: list[str] = []
     rows = []
     for r in ok:
         metrics = r.get("metrics") or {}
@@ -112,9 +125,17 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         }
         for d, v in ppl.items():
             row[PPL_PREFIX + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+        for t, v in zero_shot_tasks(r).items():
+            if t not in tasks:
+                tasks.append(t)
+            row[ACC_PREFIX + t] = _num(v.get("acc"))
         rows.append(row)
-    columns = _HEAD + [PPL_PREFIX + d for d in datasets] + _TAIL
+    acc_columns = [ACC_PREFIX + t for t in tasks]
+    columns = _HEAD + [PPL_PREFIX + d for d in datasets] + acc_columns + ([ACC_AVG] if tasks else []) + _TAIL
     frame = pd.DataFrame(rows, columns=columns)
+    if tasks:  # over the tasks some row has (a task that failed everywhere does not blank the average)
+        measured = [c for c in acc_columns if frame[c].notna().any()]
+        frame[ACC_AVG] = frame[measured].astype(float).mean(axis=1, skipna=False) if measured else math.nan
     frame["budget"] = frame["budget"].astype("Int64")
     frame["reference"] = frame["reference"].astype(bool)
     if frame.empty:
@@ -152,6 +173,38 @@ def failures_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cell", "params", "error", "key"])
 
 
+def evaluation_errors_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per evaluation that failed inside an ``ok`` record (e.g. a zero-shot task whose
+    dataset is not reachable): ``cell``, ``evaluation`` (``zero_shot:<task>``), ``error``, ``key``."""
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        zs = (r.get("metrics") or {}).get("zero_shot") or {}
+        errors = [("zero_shot", zs.get("error"))] if isinstance(zs, dict) and zs.get("error") else []
+        errors += [(f"zero_shot:{t}", v.get("error")) for t, v in zero_shot_tasks(r).items() if v.get("error")]
+        for evaluation, error in errors:
+            message = " ".join(str(error.get("message") or "").split())
+            if len(message) > _MESSAGE_CHARS:
+                message = message[: _MESSAGE_CHARS - 1] + "…"
+            rows.append({"cell": str(r.get("label", r["key"])), "evaluation": evaluation,
+                         "error": f"{error.get('type') or 'error'}: {message}", "key": r["key"]})
+    return pd.DataFrame(rows, columns=["cell", "evaluation", "error", "key"])
+
+
+def evaluation_errors_markdown(errors: pd.DataFrame, heading: str = "## Failed evaluations") -> str:
+    """Failed evaluations of finished cells as Markdown ('' when there are none)."""
+    if errors.empty:
+        return ""
+    shown = errors.copy()
+    shown["error"] = shown["error"].str.replace("|", "\\|", regex=False)
+    return (
+        f"{heading}\n\n{len(errors)} evaluation(s) of finished cells failed; their other metrics are "
+        f"in the results. To retry, delete the cell's record (`records/<key>.json`) and run again "
+        f"(zero-shot tasks already evaluated are read from `zeroshot/`).\n\n{_markdown_table(_display(shown, (), hidden=()))}\n"
+    )
+
+
 # --------------------------------------------------------------------------- formatting
 
 def _fmt(column: str) -> Callable[[Any], str]:
@@ -160,6 +213,8 @@ def _fmt(column: str) -> Callable[[Any], str]:
         spec = "{:.3f}"
     elif column.startswith(PPL_PREFIX):
         spec = "{:.2f}"
+    elif column.startswith(ACC_PREFIX):  # percent
+        spec = "{:.1f}"
     elif column == "size_mb":
         spec = "{:.2f}"
     elif column == "quantize_s":
@@ -172,7 +227,7 @@ def _fmt(column: str) -> Callable[[Any], str]:
             return "-"
         if isinstance(value, float) and math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return spec.format(value)
+        return spec.format(100 * value if column.startswith(ACC_PREFIX) else value)
 
     return fmt
 
@@ -187,7 +242,7 @@ def _display(frame: pd.DataFrame, drop_empty: Iterable[str], hidden: Iterable[st
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
-    align = ["left" if c in _TEXT or c == "cell" or c == "error" or c == "key" else "right" for c in frame.columns]
+    align = ["left" if c in _TEXT or c in ("cell", "error", "key", "evaluation") else "right" for c in frame.columns]
     return frame.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
@@ -201,7 +256,9 @@ def to_markdown(results: pd.DataFrame, failures: pd.DataFrame | None = None, tit
         parts += [
             "Bits per weight measured from the stored tensors (`bits`), by the paper's formula "
             "(`bits_paper`) and over the whole model (`model_bits`); size in MB (10^6 bytes); "
-            "quantization time in seconds.",
+            "quantization time in seconds."
+            + (" Zero-shot accuracy in percent (`acc:<task>`, 0-shot through lm-eval; `acc:avg` is their "
+               "mean, shown for rows that have every task measured)." if ACC_AVG in results else ""),
             "",
             _markdown_table(_display(results, optional)),
         ]
@@ -219,7 +276,7 @@ def failures_markdown(failures: pd.DataFrame, heading: str = "# Failed cells") -
     shown = _display(shown, ["params"], hidden=())
     return (
         f"{heading}\n\n{len(failures)} cell(s) failed; they are re-run by the next `harness run`. "
-        f"Tracebacks: `harness show <key>`, logs: `logs/<key>.log`.\n\n{_markdown_table(shown)}\n"
+        f"Tracebacks: `logs/<key>.traceback.txt` (or `harness show <key>`), logs: `logs/<key>.log`.\n\n{_markdown_table(shown)}\n"
     )
 
 
@@ -229,7 +286,7 @@ _LATEX_SPECIAL = {
 }
 _LATEX_HEADERS = {
     "method": "Method", "budget": "Budget", "params": "Config", "bits": "Bits/w",
-    "bits_paper": "Bits/w (paper)", "model_bits": "Model bits/w", "size_mb": "Size (MB)",
+    "bits_paper": "Bits/w (paper)", "model_bits": "Model bits/w", "size_mb": "Size (MB)", ACC_AVG: "Avg",
 }
 
 
@@ -242,22 +299,27 @@ def to_latex(results: pd.DataFrame) -> str:
     """A booktabs ``tabular`` (``\\usepackage{booktabs}``), models as row groups.
 
     Columns: method, config (when any), bits, paper bits and size (when present), one
-    perplexity column per dataset under a shared header. Wrap it in your own ``table``.
+    perplexity column per dataset and one zero-shot accuracy column per task (and their
+    average), each kind under a shared header. Wrap it in your own ``table``.
     """
     shown = _display(results, ["params", "bits_paper", "size_mb"])
     shown = shown.drop(columns=[c for c in ("budget", "model_bits", "quantize_s") if c in shown])
     cols = [c for c in shown.columns if c != "model"]
-    ppl_cols = [c for c in cols if c.startswith(PPL_PREFIX)]
     spec = "".join("l" if c in _TEXT else "r" for c in cols)
     lines = [r"% Generated by ptq-harness; needs \usepackage{booktabs}.", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    if ppl_cols:
-        first = cols.index(ppl_cols[0]) + 1
-        lines.append(
-            " & " * (first - 1)
-            + rf"\multicolumn{{{len(ppl_cols)}}}{{c}}{{Perplexity ($\downarrow$)}} \\"
-        )
-        lines.append(rf"\cmidrule(lr){{{first}-{first + len(ppl_cols) - 1}}}")
-    header = [_LATEX_HEADERS.get(c) or latex_escape(c[len(PPL_PREFIX):]) for c in cols]
+    spans = []  # (first column, 1-based; number of columns; shared header)
+    for prefix, title in ((PPL_PREFIX, r"Perplexity ($\downarrow$)"), (ACC_PREFIX, r"Zero-shot accuracy, \% ($\uparrow$)")):
+        members = [c for c in cols if c.startswith(prefix)]
+        if members:
+            spans.append((cols.index(members[0]) + 1, len(members), title))
+    if spans:
+        cells, position = [], 1
+        for first, n, title in spans:
+            cells += [""] * (first - position) + [rf"\multicolumn{{{n}}}{{c}}{{{title}}}"]
+            position = first + n
+        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" ".join(rf"\cmidrule(lr){{{first}-{first + n - 1}}}" for first, n, _ in spans))
+    header = [_LATEX_HEADERS.get(c) or latex_escape(c.split(":", 1)[-1]) for c in cols]
     lines += [" & ".join(header) + r" \\", r"\midrule"]
     for i, (model, group) in enumerate(shown.groupby("model", sort=False)):
         if i:
@@ -286,16 +348,21 @@ def write_tables(
     *,
     name: str = "results",
     title: str | None = None,
+    evaluation_errors: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Write ``<name>.md`` (+ ``failures.md``), ``<name>.tex``, ``<name>.csv``; returns the paths."""
+    """Write ``<name>.md`` (+ ``failures.md``), ``<name>.tex``, ``<name>.csv``; returns the paths.
+
+    ``evaluation_errors`` (:func:`evaluation_errors_frame`) are appended to both Markdown files."""
     unknown = set(formats) - {"markdown", "latex", "csv"}
     if unknown:
         raise ValueError(f"unknown table format(s) {sorted(unknown)}: use markdown, latex or csv")
     out_dir = Path(out_dir)
     written: list[Path] = []
     if "markdown" in formats:
-        written.append(atomic_write_text(out_dir / f"{name}.md", to_markdown(results, failures, title)))
-        written.append(atomic_write_text(out_dir / "failures.md", failures_markdown(failures)))
+        extra = "" if evaluation_errors is None else evaluation_errors_markdown(evaluation_errors)
+        extra = f"\n{extra}" if extra else ""
+        written.append(atomic_write_text(out_dir / f"{name}.md", to_markdown(results, failures, title) + extra))
+        written.append(atomic_write_text(out_dir / "failures.md", failures_markdown(failures) + extra))
     if "latex" in formats:
         if results.empty:
             logger.info("no finished cells: %s.tex not written", name)

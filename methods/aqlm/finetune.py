@@ -72,6 +72,7 @@ def trainable_block(block: nn.Module) -> Iterator[list[nn.Parameter]]:
             buffers = dict(layer._buffers)
             layer._buffers.clear()
             layer._buffers.update({k: buffers[k] for k in order if k in buffers})
+            layer.reset_plans()
         for p, dtype in norm_dtypes:
             p.data = p.data.to(dtype)
             p.grad = None

@@ -8,20 +8,27 @@ Buffers, per codebook m (covering `groups[m]`, None = all G = in/g input groups)
   codebook_{m}  [2**b_m, g] float16
 and scales [out] float16, bias (optional, in its dtype).
 
-Forward ("aqlm-lookup"): per codebook, the dot products of every input group with every
-codebook entry are computed once (T_m [N, G_m, K_m] = x_groups · C_mᵀ), then each output
-gathers and sums its codes' entries of the tables (one `index_select` for all codebooks) and
-is scaled. The dense weight is not built. For many tokens (above `lookup_max_entries`) the
-tables cost more than the weight, and the weight is dequantized for that call only.
+Forward, by the number of tokens and the device (the path taken is in `last_path`):
+- CUDA with Triton, up to `kernel_max_tokens` ("triton-aqlm-gemv", `kernels.py`): one fused
+  GEMV gathers each output's codebook vectors on chip and dots them with the input groups.
+- otherwise, few tokens ("aqlm-lookup"): per set of codebooks covering the same groups, the dot
+  products of every input group with every codebook entry are computed once in float32
+  (T [N, G_s, ΣK_s] = x_groups · Cᵀ), then each output gathers and sums its codes' entries
+  (one `index_select` over all codebooks; the index is formed per call from the uint8 codes,
+  kept group-major) and is scaled. The dense weight is not built.
+- many tokens (above `lookup_max_entries`): the tables cost more than the weight, and the
+  weight is dequantized for that call only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from harness.quantizer import QuantizedLinear, StoredTensor
+from methods.common.triton_support import kernels_usable
 
 __all__ = ["AQLMLinear", "aqlm_formula_bits", "aqlm_quantization_config"]
 
@@ -43,6 +50,28 @@ def _code_dtype(nbits: int) -> torch.dtype:
     return torch.uint8 if nbits <= 8 else torch.int16
 
 
+@dataclass
+class _LookupPlan:
+    """Precomputed tensors of the lookup path (see `AQLMLinear._lookup_plan`)."""
+
+    books_t: list[torch.Tensor]  # per coverage set: float32 [g, ΣK_s], stacked codebooks, transposed
+    gathers: list[slice | torch.Tensor | None]  # per set: the input groups it covers (None = all)
+    codes_t: torch.Tensor  # [Σ_m G_m, out] uint8 (int32 above 8 bits), group-major codes
+    offsets: torch.Tensor  # [Σ_m G_m, 1] int32, table position of each row's code 0
+    scales: torch.Tensor  # float32 [out]
+    bias: torch.Tensor | None  # float32 [out]
+    perm: torch.Tensor | None  # int64 [in]: the input gather (CRVQ)
+
+
+def _group_selector(grp: list[int] | None, device: torch.device) -> slice | torch.Tensor | None:
+    """How a coverage set picks its input groups: None (all), a slice (a prefix) or an index."""
+    if grp is None:
+        return None
+    if grp == list(range(len(grp))):
+        return slice(0, len(grp))
+    return torch.tensor(grp, dtype=torch.long, device=device)
+
+
 class AQLMLinear(QuantizedLinear):
     """Additive multi-codebook quantized linear layer (layout in the module docstring).
 
@@ -52,9 +81,16 @@ class AQLMLinear(QuantizedLinear):
     """
 
     compute_path = "aqlm-lookup"
-    #: Largest tokens x Σ_m 2**b_m served by the lookup path (1x8: up to 8 tokens; 2x8: 4;
-    #: 1x16: none): measured crossover with dequantize-then-matmul on a 2-core CPU.
+    #: Path name of the CPU/torch table lookup (CRVQ names its own).
+    lookup_path = "aqlm-lookup"
+    #: Path name of the Triton kernel (CRVQ names its own).
+    kernel_path = "triton-aqlm-gemv"
+    #: Largest tokens x table entries per input group (Σ_m 2**b_m · G_m/G) served by the lookup
+    #: path (1x8: up to 8 tokens; 2x8: 4; 1x16: none): measured crossover with
+    #: dequantize-then-matmul on a 2-core CPU.
     lookup_max_entries: int = 2048
+    #: Most tokens served by the Triton GEMV kernel on CUDA (decode batches).
+    kernel_max_tokens: int = 16
 
     def __init__(
         self,
@@ -89,8 +125,10 @@ class AQLMLinear(QuantizedLinear):
             self.register_buffer(f"codes_{m}", torch.zeros(out_features, width, dtype=_code_dtype(b)))
             self.register_buffer(f"codebook_{m}", torch.zeros(1 << b, in_group_size, dtype=torch.float16))
         self.register_buffer("scales", torch.ones(out_features, dtype=torch.float16))
-        self._table_entries = sum(1 << b for b in self.nbits)
-        self._lookup: tuple[torch.Tensor, list[torch.Tensor | None] | None] | None = None
+        G = self.num_groups
+        self._table_entries = sum((1 << b) * (G if grp is None else len(grp)) / G for b, grp in zip(self.nbits, groups))
+        self._lookup: _LookupPlan | None = None
+        self._kernel: Any = None
 
     # ----------------------------------------------------------------------------- geometry
     @property
@@ -172,57 +210,112 @@ class AQLMLinear(QuantizedLinear):
                 B[:, grp] += vectors
         return self.scales.float()[:, None] * B.reshape(self.out_features, self.in_features)
 
-    def _lookup_plan(self) -> tuple[torch.Tensor, list[torch.Tensor | None] | None]:
-        """(index, groups): index [Σ_m G_m · out] holds, group-major, the position of every
-        output's entry in the concatenated lookup tables; groups is None when every codebook
-        covers all groups with one bit width (the tables are then one matmul against the
-        stacked codebooks), else the covered groups per codebook. Cached until codes change."""
+    # ------------------------------------------------------------------------- forward
+    def _input_permutation(self) -> torch.Tensor | None:
+        """Input columns the codes index, as int64 [in] (x[..., perm]); None = the identity.
+        CRVQ overrides it with its channel permutation."""
+        return None
+
+    def _coverage_sets(self) -> list[tuple[list[int], list[int] | None]]:
+        """Codebooks grouped by the input groups they cover: [(codebook ids, groups or None)]."""
+        sets: dict[tuple[int, ...] | None, list[int]] = {}
+        for m, grp in enumerate(self.groups):
+            sets.setdefault(None if grp is None else tuple(grp), []).append(m)
+        return [(ms, None if key is None else list(key)) for key, ms in sets.items()]
+
+    def _lookup_plan(self) -> "_LookupPlan":
+        """The lookup path's precomputed tensors on the layer's device (cached until the codes,
+        the dtype or the device change): float32 codebooks stacked per coverage set, the groups
+        of each set, and the codes transposed group-major, `codes_t` [Σ_m G_m, out] (uint8, or
+        int32 holding unsigned codes above 8 bits), with `offsets` [Σ_m G_m, 1] int32 such that
+        codes_t + offsets is every output's position in the concatenated tables. The int index
+        is formed per call: a per-code int64 index would be 8x the codes' memory and traffic."""
         if self._lookup is None:
-            M, G = self.num_codebooks, self.num_groups
-            if all(grp is None for grp in self.groups) and len(set(self.nbits)) == 1:
-                K = 1 << self.nbits[0]  # table layout [G, M, K]
-                index = torch.stack([self.codes(m) + m * K for m in range(M)], -1)
-                index = index + (torch.arange(G, device=index.device) * (M * K))[None, :, None]
-                self._lookup = (index.reshape(self.out_features, -1).T.contiguous().reshape(-1), None)
-            else:
-                parts, offset = [], 0  # table layout: per codebook [G_m, K_m], concatenated
-                for m in range(M):
-                    codes = self.codes(m)
-                    parts.append(codes + (torch.arange(codes.shape[1], device=codes.device) << self.nbits[m]) + offset)
-                    offset += codes.shape[1] << self.nbits[m]
-                index = torch.cat(parts, 1).T.contiguous().reshape(-1)
-                self._lookup = (index, [self.group_index(m) for m in range(M)])
+            device = self.scales.device
+            wide = any(b > 8 for b in self.nbits)
+            books_t, gathers, rows, offsets, offset = [], [], [], [], 0
+            for ms, grp in self._coverage_sets():
+                n_grp = self.num_groups if grp is None else len(grp)
+                width = sum(1 << self.nbits[m] for m in ms)  # table layout per set: [G_s, ΣK_s]
+                books_t.append(torch.cat([self.codebook(m).float() for m in ms]).T.contiguous())  # [g, ΣK_s]
+                gathers.append(_group_selector(grp, device))
+                base = 0
+                for m in ms:
+                    codes = self.codes(m).T  # [G_s, out] int64
+                    rows.append(codes.to(torch.int32) if wide else codes.to(torch.uint8))
+                    offsets.append(offset + base + torch.arange(n_grp, device=device, dtype=torch.int32) * width)
+                    base += 1 << self.nbits[m]
+                offset += n_grp * width
+            bias = None if self.bias is None else self.bias.float()
+            self._lookup = _LookupPlan(
+                books_t, gathers, torch.cat(rows).contiguous(), torch.cat(offsets)[:, None].contiguous(),
+                self.scales.float(), bias, self._input_permutation(),
+            )
         return self._lookup
 
+    def _kernel_plan(self) -> Any:
+        """The Triton decode kernel's plan on this layer's device, or None when no kernel fits."""
+        if self._kernel is None:
+            from methods.aqlm import kernels
+
+            self._kernel = kernels.vq_plan(self) or False
+        return self._kernel or None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = x Ŵᵀ + b. Up to `lookup_max_entries` (tokens x Σ_m 2**b_m) the lookup path runs;
-        beyond it, building the tables costs more than dequantizing, and the weight is
-        dequantized for this call only (never cached)."""
+        """y = x Ŵᵀ + b, by the fastest path for the call (recorded in `last_path`):
+        on CUDA with Triton, up to `kernel_max_tokens` tokens, the fused code-gather GEMV
+        (`kernel_path`); else up to `lookup_max_entries` (tokens x table entries per input
+        group) the table lookup ("aqlm-lookup"); beyond it, building the tables costs more than
+        the weight, which is dequantized for this call only (never cached)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         n = x2.shape[0]
-        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in self.parameters(recurse=False)):
+            self.last_path = "dequantize+matmul"  # training (block fine-tuning): differentiable path
+            return self.reference_forward(x)
+        if n <= self.kernel_max_tokens and kernels_usable(x2):
+            plan = self._kernel_plan()
+            if plan is not None:
+                from methods.aqlm import kernels
+
+                self.last_path = plan.path
+                return kernels.vq_gemv(x2, plan).reshape(*lead, self.out_features)
         if n * self._table_entries > self.lookup_max_entries:
-            return F.linear(x2, self.dequantize().to(x.dtype), bias).reshape(*lead, self.out_features)
-        index, groups = self._lookup_plan()
-        xg = x2.reshape(n, self.num_groups, self.in_group_size)
-        if groups is None:
-            books = [self.codebook(m) for m in range(self.num_codebooks)]
-            C = books[0] if len(books) == 1 else torch.cat(books)
-            T = torch.matmul(xg, C.to(x.dtype).T).reshape(n, -1)  # [N, G·M·K]
-        else:
-            T = torch.cat([
-                torch.matmul(xg if grp is None else xg[:, grp], self.codebook(m).to(x.dtype).T).reshape(n, -1)
-                for m, grp in enumerate(groups)
-            ], 1)  # [N, Σ_m G_m·K_m]
+            self.last_path = "dequantize+matmul"
+            return self.reference_forward(x)
+        self.last_path = self.lookup_path
+        plan = self._lookup_plan()
+        xf = x2.float()
+        if plan.perm is not None:
+            xf = xf.index_select(1, plan.perm)
+        tables = []
+        for books_t, gather in zip(plan.books_t, plan.gathers):
+            xs = xf.view(n, self.num_groups, self.in_group_size)
+            xs = xs[:, gather] if isinstance(gather, (slice, torch.Tensor)) else xs
+            tables.append(torch.matmul(xs, books_t).reshape(n, -1))  # [n, G_s·ΣK_s]
+        T = tables[0] if len(tables) == 1 else torch.cat(tables, 1)
+        index = torch.add(plan.codes_t, plan.offsets).view(-1)  # int32 [Σ_m G_m · out]
         if n == 1:
-            y = T.reshape(-1).index_select(0, index).view(-1, self.out_features).sum(0, keepdim=True)
+            y = T.view(-1).index_select(0, index).view(-1, self.out_features).sum(0, keepdim=True)
         else:
             y = T.index_select(1, index).view(n, -1, self.out_features).sum(1)
-        y = y * self.scales.to(x.dtype)
-        if bias is not None:
-            y = y + bias
-        return y.reshape(*lead, self.out_features)
+        y = y * plan.scales
+        if plan.bias is not None:
+            y = y + plan.bias
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def trainable_buffers(self) -> list[str]:
+        """Codebooks and scales: the continuous tensors fine-tuning may tune (codes stay fixed)."""
+        return [*(f"codebook_{m}" for m in range(self.num_codebooks)), "scales"]
+
+    def buffers_changed(self) -> None:
+        """Tuned codebooks or scales invalidate the cached plans."""
+        self.reset_plans()
+
+    def reset_plans(self) -> None:
+        """Drop the cached lookup/kernel plans: call after changing codes, codebooks, scales or
+        the bias in place (moves, casts and `load_state_dict` do it already)."""
+        self._lookup = self._kernel = None
 
     def _apply(self, fn, recurse: bool = True):
         names = ("scales", *(f"codebook_{m}" for m in range(self.num_codebooks)))
@@ -231,12 +324,12 @@ class AQLMLinear(QuantizedLinear):
         for name, value in stored.items():  # a dtype cast keeps the stored float16 values
             if self._buffers[name].dtype != torch.float16:
                 self._buffers[name] = value.to(device=self._buffers[name].device)
-        self._lookup = None
+        self._lookup = self._kernel = None
         return result
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._lookup = None
+        self._lookup = self._kernel = None
 
     # ---------------------------------------------------------------------------- bits
     def stored_tensors(self) -> list[StoredTensor]:

@@ -51,6 +51,19 @@ class AQLMQuantizer(Quantizer):
         )
         return value, value
 
+    def flops_for_shape(self, out_features: int, in_features: int) -> float:
+        """Expected FLOPs of `quantize_linear` (`aqlm_flops` with every codebook over all groups)."""
+        groups = in_features // self.config.in_group_size
+        return aqlm_flops(out_features, in_features, [(self.config.nbits_per_codebook, groups)] * self.config.num_codebooks,
+                          self.config)
+
+    def finetune_sequence_passes(self, num_sequences: int) -> float:
+        """Block fine-tuning: the used sequences x `finetune_max_epochs` (early stopping may end sooner)."""
+        cfg = self.config
+        if not cfg.finetune:
+            return 0.0
+        return min(num_sequences, cfg.finetune_max_sequences or num_sequences) * cfg.finetune_max_epochs
+
     def codebook_specs(self) -> list[CodebookSpec]:
         """The codebooks of every layer: `num_codebooks` x `nbits_per_codebook`, all groups."""
         return [CodebookSpec(self.config.nbits_per_codebook)] * self.config.num_codebooks
@@ -141,6 +154,24 @@ class AQLMQuantizer(Quantizer):
             _fmt(entry["finetune_train_mse_end"]), entry["finetune_seconds"],
         )
         return None
+
+
+#: Epochs a layer typically runs before an epoch improves the error by less than the default
+#: `relative_mse_tolerance` 0.01 (about 6 on the layer reference, see suites/quickstart.yaml).
+TYPICAL_EPOCHS = 6
+
+
+def aqlm_flops(out_features: int, in_features: int, codebooks: list[tuple[int, int]], cfg: Any) -> float:
+    """Expected FLOPs of `aqlm_quantize` on an [out, in] layer; `codebooks`: (bits, covered
+    groups) per codebook, `cfg` an AQLMConfig. Init: `kmeans_iters` distance passes per codebook
+    (2·out·G_m·g·K_m); per epoch (min(max_epochs, TYPICAL_EPOCHS)): `steps_per_epoch` error
+    gradients (2·out·in² each) and one code pass, per covered group the [out, K] scores and the
+    rank-g update of (Ŵ-W)H (2·out·g·(K + in)), times the beam size."""
+    g = cfg.in_group_size
+    init = sum(cfg.kmeans_iters * 2 * out_features * n * g * (1 << b) for b, n in codebooks)
+    gradients = cfg.steps_per_epoch * 2.0 * out_features * in_features**2
+    codes = cfg.beam_size * sum(2.0 * out_features * n * g * ((1 << b) + in_features) for b, n in codebooks)
+    return float(init + min(cfg.max_epochs, TYPICAL_EPOCHS) * (gradients + codes))
 
 
 def _fmt(value: float | None) -> str:

@@ -6,8 +6,10 @@ Weight model, in permuted column order (perm[j] = original column of permuted co
 and Ŵ[:, perm] = Ŵp. Buffers: those of `AQLMLinear` (codes_0 [out, G], codes_e [out, n_crit],
 codebook_m [2**b_m, g] float16, scales [out] float16, bias) plus `perm` int32 [in].
 
-Forward: y = Ŵp x_perm with x_perm = x[..., perm], computed by `AQLMLinear`'s lookup path
-(one table pass over all codebooks), which equals the spec's inference form
+Forward: y = Ŵp x_perm with x_perm = x[..., perm], computed by `AQLMLinear`'s paths (the
+Triton kernel gathers x by `perm` itself; the CPU lookup builds one table per coverage set:
+the basic codebook over all groups, the stacked extended codebooks over the critical prefix),
+which equals the spec's inference form
   y = base(x_perm) + extended(x_perm[..., :n_crit·g])
 (`split()` builds those two AQLM layers; `to_aqlm_state_dicts()` exports them in the `aqlm`
 layout). Many tokens: the dense weight (original order) is dequantized for the call only.
@@ -20,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from harness.quantizer import StoredTensor
 from methods.aqlm.layer import AQLMLinear
@@ -38,6 +39,8 @@ class CRVQLinear(AQLMLinear):
     """
 
     compute_path = "gather+aqlm-lookup"
+    lookup_path = "gather+aqlm-lookup"
+    kernel_path = "triton-crvq-gemv"
 
     def __init__(
         self,
@@ -132,14 +135,12 @@ class CRVQLinear(AQLMLinear):
         inverse = torch.argsort(self.perm.long())  # column i of W is permuted column inverse[i]
         return self.dequantize_permuted().index_select(1, inverse.to(self.scales.device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """y = x Ŵᵀ + b: the lookup path on x gathered by `perm` for few tokens; the dense
-        weight (original column order, this call only) beyond `lookup_max_entries`."""
-        n = x.numel() // self.in_features
-        if n * self._table_entries > self.lookup_max_entries:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, self.dequantize().to(x.dtype), bias)
-        return super().forward(x.index_select(-1, self.perm))
+    def _input_permutation(self) -> torch.Tensor:
+        """The lookup path and the kernels read x[..., perm] (int64 [in])."""
+        return self.perm.long()
+
+    # forward: AQLMLinear's (Triton kernel on CUDA, table lookup on x[..., perm] for few tokens,
+    # the dense weight in the original column order, this call only, beyond `lookup_max_entries`)
 
     # ---------------------------------------------------------------------------- bits
     def stored_tensors(self) -> list[StoredTensor]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
-from methods.aqlm.quantizer import AQLMQuantizer, checked_inputs
+from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize
 from methods.crvq.config import PRESETS, CRVQConfig
 from methods.crvq.layer import CRVQLinear
@@ -67,6 +67,20 @@ class CRVQQuantizer(Quantizer):
         n_crit = critical_group_count(in_features, cfg.critical_ratio, cfg.in_group_size)
         args = (out_features, in_features, cfg.in_group_size, cfg.nbits, cfg.extended_bits, n_crit)
         return crvq_formula_bits(*args, permutation=True), crvq_formula_bits(*args, permutation=False)
+
+    def flops_for_shape(self, out_features: int, in_features: int) -> float:
+        """Expected FLOPs of `quantize_linear`: the importance VQ (`wa`, `wa_max`) plus the AQLM
+        engine with the basic codebook over all groups and the extended ones over the critical groups."""
+        cfg = self.config
+        groups = in_features // cfg.in_group_size
+        n_crit = critical_group_count(in_features, cfg.critical_ratio, cfg.in_group_size)
+        books = [(cfg.nbits, groups)] + [(b, n_crit) for b in cfg.extended_bits if n_crit]
+        scores = cfg.importance_kmeans_iters * 2.0 * out_features * in_features * (1 << cfg.nbits)
+        return aqlm_flops(out_features, in_features, books, cfg) + (scores if cfg.importance.startswith("wa") else 0.0)
+
+    def finetune_sequence_passes(self, num_sequences: int) -> float:
+        """As AQLM's with the same params."""
+        return self.engine.finetune_sequence_passes(num_sequences)
 
     def quantize_linear(
         self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext

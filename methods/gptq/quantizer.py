@@ -150,6 +150,10 @@ class GPTQQuantizer(Quantizer):
             value += 32 / out_features
         return value, value
 
+    def flops_for_shape(self, out_features: int, in_features: int) -> float:
+        """Cholesky and inverse of H (~in³) plus the column-wise error propagation (2·out·in²)."""
+        return float(in_features) ** 3 + 2.0 * out_features * in_features**2
+
     def quantize_linear(self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext) -> GPTQLinear:
         """Quantize `linear.weight [out, in]` given `stats.H [in, in]`; returns a `GPTQLinear` on
         the weight's device. The math runs on `ctx.device`. Appends {rel_error, num_dead, damp,

@@ -53,6 +53,10 @@ class RTNQuantizer(Quantizer):
         value = cfg.bits + (16 + cfg.bits) * groups / in_features
         return value, value
 
+    def flops_for_shape(self, out_features: int, in_features: int) -> float:
+        """About ten elementwise operations per weight (min/max, scale, round, clamp)."""
+        return 10.0 * out_features * in_features
+
     def quantize_linear(
         self, linear: nn.Linear, stats: LayerStats | None, ctx: QuantContext
     ) -> RTNLinear:

@@ -76,6 +76,7 @@ def test_run_report_and_rerun(tmp_path, tiny_llama_dir, eval_text_file, plugin_e
     assert rtn_bits == pytest.approx([b + (16 + b) / 16 for b in (4, 3, 2)], abs=1e-6)
     gptq = by_label["tiny/gptq"]
     assert gptq["calibration"]["num_sequences"] == 4 and gptq["calibration"]["seqlen"] == 64
+    assert len(gptq["calibration"]["token_hash"]) == 16 and gptq["environment"]["seeds"] == {"cell": 0, "calibration": 0}
     assert gptq["metrics"]["bits"] == pytest.approx(4 + 20 / 16, abs=1e-6)
     assert all(0 <= layer["rel_error"] < 0.1 for layer in gptq["layers"])
     assert not (results / "checkpoints" / gptq["key"]).exists()  # removed once the record exists

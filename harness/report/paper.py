@@ -1,0 +1,270 @@
+"""Paper-layout tables (`harness report --layout paper`): one block of rows per model, one row
+per method configuration, columns as in the CRVQ/AQLM papers' main tables.
+
+Columns: method, bits (the paper's accounting, `bits_paper`), stored bits (`bits`), perplexity
+per dataset (wikitext2, c4, ptb first), zero-shot accuracy per task in percent (the six paper
+tasks first) and their average. Zero-shot results are read from `metrics.zero_shot`
+({task: {acc, acc_stderr, acc_norm, acc_norm_stderr}, ..., "average": ...}); records without
+them just leave those cells empty. The average is recomputed over the shown tasks with the
+chosen metric, and only for rows that have all of them.
+
+With a reference file (`harness.report.reference`), every result row that an entry matches is
+followed by the published row and a delta row (ours minus published: perplexity points,
+accuracy percentage points); entries matching no result are listed at the end of their model's
+block. Sources are listed under the Markdown table and as comments in the LaTeX.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report.reference import Reference, ReferenceEntry
+from harness.report.tables import latex_escape
+from harness.store import ResultStore, atomic_write_text
+from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
+
+__all__ = ["PAPER_TASKS", "paper_frame", "paper_latex", "paper_markdown", "write_paper_tables"]
+
+PAPER_DATASETS = ("wikitext2", "c4", "ptb")
+_TASK_HEADERS = {"winogrande": "WinoGrande", "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-e",
+                 "arc_challenge": "ARC-c", "boolq": "BoolQ"}
+_DATASET_HEADERS = {"wikitext2": "Wiki2", "c4": "C4", "ptb": "PTB"}
+_METHOD_NAMES = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
+_METHOD_ORDER = {"none": 0, "rtn": 1, "gptq": 2, "aqlm": 3, "crvq": 4}
+PPL, ZS, AVG = "ppl:", "zs:", "zs:avg"
+METRICS = ("acc", "acc_norm")
+
+
+# --------------------------------------------------------------------------- reading records
+
+def _zero_shot(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{task: {acc, acc_norm, ...}} of a record (empty when it has none)."""
+    zs = (record.get("metrics") or {}).get("zero_shot") or {}
+    if isinstance(zs.get("tasks"), dict):
+        zs = zs["tasks"]
+    return {task: value for task, value in zs.items() if isinstance(value, dict)}
+
+
+def _accuracy(result: dict[str, Any], metric: str) -> float | None:
+    value = result.get(metric)
+    if value is None and metric == "acc_norm":
+        value = result.get("acc")  # tasks without a normalised accuracy (winogrande, boolq)
+    return None if value is None else float(value)
+
+
+def _ordered(found: Iterable[str], first: Sequence[str]) -> list[str]:
+    found = list(dict.fromkeys(found))
+    return [x for x in first if x in found] + [x for x in found if x not in first]
+
+
+def _method_name(record: dict[str, Any]) -> str:
+    label = str(record.get("method_label") or record.get("method"))
+    return _METHOD_NAMES.get(label, label)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# --------------------------------------------------------------------------- the frame
+
+def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None = None, *,
+                metric: str = "acc") -> pd.DataFrame:
+    """The paper table as a frame: columns `model, method, kind, bits, stored_bits`, one
+    `ppl:<dataset>` per dataset, one `zs:<task>` per task (percent) and `zs:avg`. `kind` is
+    `result`, `published` or `delta`; rows are grouped by model (unquantized first, then bits
+    descending), each result followed by its published and delta rows."""
+    if metric not in METRICS:
+        raise ValueError(f"zero-shot metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    ok = [r for r in records if r.get("status") == "ok"]
+    entries = list(reference.entries) if reference else []
+    found_tasks = [t for r in ok for t in _zero_shot(r)]
+    published_keys = [k for e in entries for k in e.metrics]
+    tasks = _ordered(found_tasks + [k for k in published_keys if k in PAPER_TASKS], PAPER_TASKS)
+    found_datasets = [d for r in ok for d in ((r.get("metrics") or {}).get("perplexity") or {})]
+    datasets = _ordered(found_datasets + [k for k in published_keys if k not in tasks], PAPER_DATASETS)
+    columns = ["model", "method", "kind", "bits", "stored_bits", *(PPL + d for d in datasets),
+               *(ZS + t for t in tasks), *([AVG] if tasks else [])]
+
+    def result_row(r: dict[str, Any]) -> dict[str, Any]:
+        m = r.get("metrics") or {}
+        row = {"model": str((r.get("model") or {}).get("label") or r["label"].split("/")[0]), "method": _method_name(r),
+               "kind": "result", "bits": _num(m.get("bits_paper")), "stored_bits": _num(m.get("bits"))}
+        for d, v in (m.get("perplexity") or {}).items():
+            row[PPL + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+        for t, v in _zero_shot(r).items():
+            acc = _accuracy(v, metric)
+            row[ZS + t] = math.nan if acc is None else 100 * acc
+        return row
+
+    def published_row(model: str, e: ReferenceEntry) -> dict[str, Any]:
+        row = {"model": model, "method": f"{e.label} [{e.source}]", "kind": "published", "bits": _num(e.bits),
+               "stored_bits": math.nan}
+        for k, v in e.metrics.items():
+            row[(ZS if k in tasks else PPL) + k] = 100 * v if k in tasks else v
+        return row
+
+    def with_average(row: dict[str, Any]) -> dict[str, Any]:
+        if tasks:
+            values = [row.get(ZS + t, math.nan) for t in tasks]
+            row[AVG] = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
+        return row
+
+    def delta_row(ours: dict[str, Any], published: dict[str, Any], e: ReferenceEntry) -> dict[str, Any]:
+        row = {"model": ours["model"], "method": f"Δ vs {e.label}", "kind": "delta"}
+        for c in columns[3:]:
+            row[c] = ours.get(c, math.nan) - published.get(c, math.nan) if c != "stored_bits" else math.nan
+        return row
+
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for r in ok:
+        row = with_average(result_row(r))
+        groups.setdefault(row["model"], []).append((r, row))
+    rows: list[dict[str, Any]] = []
+    used: set[int] = set()
+    for model, members in groups.items():
+        members.sort(key=lambda x: (not x[0].get("reference", x[0].get("method") == "none"),
+                                    -(x[1]["bits"] if not math.isnan(x[1]["bits"]) else math.inf),
+                                    _METHOD_ORDER.get(str(x[0].get("method")), 9), x[1]["method"]))
+        for record, row in members:
+            rows.append(row)
+            for i, e in enumerate(entries):
+                if e.matches_record(record):
+                    used.add(i)
+                    pub = with_average(published_row(model, e))
+                    rows += [pub, delta_row(row, pub, e)]
+        model_info = members[0][0].get("model") or {}
+        for i, e in enumerate(entries):
+            if i not in used and e.matches_model(model_info.get("id"), model_info.get("label")):
+                used.add(i)
+                rows.append(with_average(published_row(model, e)))
+    for i, e in enumerate(entries):  # published numbers of models without results
+        if i not in used:
+            rows.append(with_average(published_row(e.model.rstrip("/").split("/")[-1], e)))
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _headers(frame: pd.DataFrame) -> dict[str, str]:
+    out = {"model": "Model", "method": "Method", "bits": "Bits", "stored_bits": "Stored bits", AVG: "Avg"}
+    for c in frame.columns:
+        if c.startswith(PPL):
+            out[c] = _DATASET_HEADERS.get(c[len(PPL):], c[len(PPL):])
+        elif c.startswith(ZS) and c != AVG:
+            out[c] = _TASK_HEADERS.get(c[len(ZS):], c[len(ZS):])
+    return out
+
+
+def _cell(column: str, value: Any, kind: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    spec = "{:.3f}" if column in ("bits", "stored_bits") else "{:.2f}"
+    text = spec.format(value)
+    return ("+" + text if value > 0 else text) if kind == "delta" else text
+
+
+def _shown(frame: pd.DataFrame) -> list[str]:
+    """Columns to show: drop `stored_bits` when every row lacks it."""
+    return [c for c in frame.columns if c != "kind" and not (c == "stored_bits" and frame[c].isna().all())]
+
+
+def _legend(metric: str) -> str:
+    return (f"Perplexity (↓) per dataset at each record's seqlen; zero-shot accuracy (↑) in percent "
+            f"(`{metric}`), Avg over the shown tasks. Bits: the method paper's accounting (`bits_paper`); "
+            f"stored bits: every stored bit of the quantized layers (`bits`).")
+
+
+def paper_markdown(frame: pd.DataFrame, *, title: str, metric: str = "acc", reference: Reference | None = None) -> str:
+    """The paper table as Markdown: published rows in italics, deltas signed, sources below."""
+    parts = [f"# {title}", ""]
+    if frame.empty:
+        return "\n".join(parts + ["No finished cells.", ""])
+    columns, headers = _shown(frame), _headers(frame)
+    lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+             "|" + "|".join(":---" if c in ("model", "method") else "---:" for c in columns) + "|"]
+    for _, row in frame.iterrows():
+        cells = [_cell(c, row[c], row["kind"]).replace("|", "\\|") for c in columns]
+        if row["kind"] == "published":
+            cells[1] = f"*{cells[1]}*"
+        lines.append("| " + " | ".join(cells) + " |")
+    parts += [_legend(metric), "", *lines]
+    if reference is not None:
+        parts += ["", f"Published numbers ({reference.name}); Δ rows are ours minus published:"]
+        for key, src in reference.sources.items():
+            url = f" — {src.url}" if src.url else ""
+            note = f" ({src.note})" if src.note else ""
+            parts.append(f"- [{key}] {src.title}{url}{note}")
+    return "\n".join(parts) + "\n"
+
+
+def paper_latex(frame: pd.DataFrame, *, metric: str = "acc", reference: Reference | None = None) -> str:
+    """The paper table as a booktabs `tabular`: models as row groups, perplexity and zero-shot
+    columns under shared headers, published rows in italics (needs `\\usepackage{booktabs}`)."""
+    columns = [c for c in _shown(frame) if c != "model"]
+    headers = _headers(frame)
+    ppl = [c for c in columns if c.startswith(PPL)]
+    zs = [c for c in columns if c.startswith(ZS)]
+    lines = [r"% Generated by ptq-harness (paper layout); needs \usepackage{booktabs}.",
+             f"% {_legend(metric)}"]
+    if reference is not None:
+        lines += [f"% [{k}] {s.title}" + (f" {s.url}" if s.url else "") for k, s in reference.sources.items()]
+    lines += [rf"\begin{{tabular}}{{l{'r' * (len(columns) - 1)}}}", r"\toprule"]
+    spans = []
+    for name, group in ((r"Perplexity ($\downarrow$)", ppl), (r"Zero-shot accuracy (\%, $\uparrow$)", zs)):
+        if group:
+            first = columns.index(group[0]) + 1
+            spans.append((first, first + len(group) - 1, name))
+    if spans:
+        cells, at = [], 1
+        for first, last, name in spans:
+            cells += [""] * (first - at) + [rf"\multicolumn{{{last - first + 1}}}{{c}}{{{name}}}"]
+            at = last + 1
+        lines.append(" & ".join(cells) + r" \\")
+        lines.append(" ".join(rf"\cmidrule(lr){{{f}-{l}}}" for f, l, _ in spans))
+    lines += [" & ".join(latex_escape(headers.get(c, c)) for c in columns) + r" \\", r"\midrule"]
+    for i, (model, group) in enumerate(frame.groupby("model", sort=False)):
+        if i:
+            lines.append(r"\midrule")
+        lines.append(rf"\multicolumn{{{len(columns)}}}{{l}}{{\textbf{{{latex_escape(str(model))}}}}} \\")
+        for _, row in group.iterrows():
+            cells = []
+            for c in columns:
+                text = _cell(c, row[c], row["kind"])
+                text = latex_escape(text).replace("Δ", r"$\Delta$") if c == "method" else {"-": "--"}.get(text, text)
+                if row["kind"] == "published":
+                    text = rf"\textit{{{text}}}"
+                cells.append(text)
+            if row["kind"] != "result":
+                cells[0] = r"\quad " + cells[0]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_paper_tables(store: ResultStore, *, reference: Reference | None = None, metric: str = "acc",
+                       title: str | None = None, formats: Sequence[str] = ("markdown", "latex")) -> list[Path]:
+    """Write `tables/paper.md` and `tables/paper.tex` under the store; returns the paths."""
+    records = store.records()
+    frame = paper_frame(records, reference, metric=metric)
+    if title is None:
+        suites = sorted({str(r["suite"]) for r in records if r.get("suite")})
+        title = f"{', '.join(suites) or 'Results'} (paper layout)"
+    written = []
+    if "markdown" in formats:
+        text = paper_markdown(frame, title=title, metric=metric, reference=reference)
+        written.append(atomic_write_text(store.tables_dir / "paper.md", text))
+    if "latex" in formats and not frame.empty:
+        written.append(atomic_write_text(store.tables_dir / "paper.tex", paper_latex(frame, metric=metric, reference=reference)))
+    return written

@@ -1,0 +1,106 @@
+"""`executor: slurm` through submitit's local executor (`local: true`): same records as `local`,
+a killed job is retried, a machine without `sbatch` is a clear error."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from tests.fixtures import toy_plugin
+
+pytest.importorskip("submitit")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    toy_plugin.install(site)
+    env = dict(os.environ, HARNESS_NO_PROGRESS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _suite(path: Path, model_dir: Path, text_file: Path, methods: str, executor: str) -> Path:
+    path.write_text(
+        f"""
+name: slurm-test
+models: [{{id: {model_dir}, name: tiny}}]
+methods:
+{methods}
+evaluations:
+  perplexity: {{datasets: [{text_file}], seqlen: 64, max_windows: 4}}
+report: {{tables: [markdown], plots: []}}
+executor: {executor}
+"""
+    )
+    return path
+
+
+def _run(suite: Path, results: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(suite), "-o", str(results)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _records(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (results / "records").glob("*.json")}
+
+
+@pytest.mark.slow  # over a minute on an idle 2-core machine: `python -m pytest -m slow`
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs PR_SET_PDEATHSIG")
+def test_slurm_path_through_submitit_local_matches_local_and_retries_killed_jobs(tmp_path, tiny_llama_dir, eval_text_file, env):
+    rtn = "  - name: rtn\n    budgets: [4, 2]\n    params: {group_size: 16}\n"
+    count = tmp_path / "die.txt"
+    die = f"  - name: die\n    params: {{count_file: {count}, die_times: 1, target: parent}}\n"  # kills its job once
+    local = _run(_suite(tmp_path / "local.yaml", tiny_llama_dir, eval_text_file, rtn, "local"), tmp_path / "local", env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    slurm_folder = tmp_path / "jobs"
+    executor = f"{{type: slurm, local: true, max_parallel: 1, max_retries: 1, time_min: 10, slurm_folder: {slurm_folder}}}"
+    slurm_suite = _suite(tmp_path / "slurm.yaml", tiny_llama_dir, eval_text_file, rtn + die, executor)
+    proc = _run(slurm_suite, tmp_path / "slurm", env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    want, got = _records(tmp_path / "local"), _records(tmp_path / "slurm")
+    assert set(want) < set(got) and len(got) == 3
+    for key in want:  # the same cell keys and numbers as the local executor
+        assert got[key]["status"] == "ok" and got[key]["executor"]["type"] == "slurm"
+        assert got[key]["metrics"] == want[key]["metrics"]
+    (retried,) = [r for r in got.values() if r["method"] == "die"]
+    assert retried["status"] == "ok" and retried["executor"]["attempt"] == 2  # the killed job was resubmitted
+    assert len(count.read_text().splitlines()) == 2
+    assert "Slurm job" in " ".join(proc.stderr.split()) and "retrying" in proc.stderr
+    assert list(slurm_folder.glob("*_submitted.pkl"))  # the jobs went through submitit's folder
+
+    again = _run(slurm_suite, tmp_path / "slurm", env)  # finished cells are never resubmitted
+    assert again.returncode == 0 and again.stderr.count("already finished") == 3
+    assert len(list(slurm_folder.glob("*_submitted.pkl"))) == 4  # 2 rtn + 2 attempts of die, none new
+
+
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    return exc.value.code, " ".join(capsys.readouterr().err.split())
+
+
+def test_slurm_without_sbatch_or_submitit_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}]\n"
+        "executor: {type: slurm, partition: gpu, time_min: 60}\n"
+    )
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    code, err = _cli(monkeypatch, capsys, "run", str(suite), "-o", str(tmp_path / "results"))
+    assert code == 2 and "Traceback" not in err and "sbatch" in err and "local: true" in err
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    code, err = _cli(monkeypatch, capsys, "validate", str(suite))
+    assert code == 2 and "executor: slurm" in err and "pip install 'ptq-harness[scale]'" in err
