@@ -12,6 +12,7 @@ share (g, M, b) and every dense linear (e.g. `lm_head`) is listed there.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,34 @@ from torch import nn
 
 from methods.aqlm.layer import AQLMLinear, aqlm_quantization_config
 
-__all__ = ["export_aqlm_checkpoint"]
+__all__ = ["export_aqlm_checkpoint", "save_weights"]
 
 WEIGHTS_FILE = "model.safetensors"
+
+
+def save_weights(
+    model: nn.Module, tensors: dict[str, torch.Tensor], path: str | Path, *, quantized: Iterable[str],
+    dtype: torch.dtype,
+) -> Path:
+    """Write `tensors` (the quantized layers' own) plus every other tensor of `model`'s state dict
+    outside the `quantized` module names (floating ones in `dtype`; tied tensors once) to
+    `path/model.safetensors`; returns the directory."""
+    skip = set(quantized)
+    tensors = dict(tensors)
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for key, value in model.state_dict().items():
+        if key.rpartition(".")[0] in skip:
+            continue
+        ident = (value.untyped_storage().data_ptr() + value.storage_offset() * value.element_size(), tuple(value.shape))
+        if ident in seen:  # a tied weight
+            continue
+        seen.add(ident)
+        tensors[key] = value.to(dtype) if value.is_floating_point() else value
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_FILE),
+              metadata={"format": "pt"})
+    return out
 
 
 def export_aqlm_checkpoint(
@@ -45,19 +71,7 @@ def export_aqlm_checkpoint(
     for name, layer in layers.items():
         for key, value in layer.to_aqlm_state_dict().items():
             tensors[f"{name}.{key}"] = value.to(dtype) if value.is_floating_point() else value
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for key, value in model.state_dict().items():
-        if key.rpartition(".")[0] in layers:
-            continue
-        ident = (value.untyped_storage().data_ptr() + value.storage_offset() * value.element_size(), tuple(value.shape))
-        if ident in seen:  # a tied weight
-            continue
-        seen.add(ident)
-        tensors[key] = value.to(dtype) if value.is_floating_point() else value
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_FILE),
-              metadata={"format": "pt"})
+    out = save_weights(model, tensors, path, quantized=layers.keys(), dtype=dtype)
     config = model.config.to_dict()
     config["quantization_config"] = qconfig
     config["torch_dtype"] = config["dtype"] = str(dtype).removeprefix("torch.")

@@ -25,59 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.aqlm.layer import AQLMLinear
+from harness.finetune_e2e import tunable_parameters
 
 __all__ = ["finetune_block", "trainable_block"]
-
-
-def _trainable_names(layer: AQLMLinear) -> list[str]:
-    return [*(f"codebook_{m}" for m in range(layer.num_codebooks)), "scales"]
 
 
 @contextmanager
 def trainable_block(block: nn.Module) -> Iterator[list[nn.Parameter]]:
     """Inside the context, every `AQLMLinear` in `block` has its codebooks and scales as float32
-    `nn.Parameter`s, and every module whose class name contains "Norm" (RMSNorm, LayerNorm) has
-    float32 weights that require grad; all other parameters of the block are frozen. Yields those
-    trainable parameters. On exit (also on error) codebooks and scales become float16 buffers
-    again (in their original buffer order), norm weights get back their dtype and every
-    parameter its original `requires_grad`."""
-    flags = {p: p.requires_grad for p in block.parameters()}
-    for p in flags:
-        p.requires_grad_(False)
-    layers = [m for m in block.modules() if isinstance(m, AQLMLinear)]
-    orders = [list(layer._buffers) for layer in layers]
-    norm_dtypes: list[tuple[nn.Parameter, torch.dtype]] = []
-    params: list[nn.Parameter] = []
+    `nn.Parameter`s and every norm module float32 weights that require grad; all other
+    parameters are frozen (`harness.finetune_e2e.tunable_parameters`, the same mechanism as
+    end-to-end fine-tuning). Yields those parameters; on exit everything is restored and the
+    block is in eval mode."""
     try:
-        for layer in layers:
-            for name in _trainable_names(layer):
-                value = layer._buffers.pop(name)
-                layer.register_parameter(name, nn.Parameter(value.detach().float()))
-                params.append(getattr(layer, name))
-        for module in block.modules():
-            if "Norm" in type(module).__name__:
-                for p in module.parameters(recurse=False):
-                    norm_dtypes.append((p, p.dtype))
-                    p.data = p.data.float()
-                    p.requires_grad_(True)
-                    params.append(p)
-        yield params
+        with tunable_parameters(block) as params:
+            yield params
     finally:
-        for layer, order in zip(layers, orders):
-            for name in _trainable_names(layer):
-                if name in layer._parameters:
-                    value = layer._parameters.pop(name).detach().to(torch.float16)
-                    layer._buffers[name] = value
-            buffers = dict(layer._buffers)
-            layer._buffers.clear()
-            layer._buffers.update({k: buffers[k] for k in order if k in buffers})
-            layer.reset_plans()
-        for p, dtype in norm_dtypes:
-            p.data = p.data.to(dtype)
-            p.grad = None
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
         block.eval()
 
 

@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from methods.aqlm.export import save_weights
 from methods.aqlm.layer import AQLMLinear
 from methods.crvq.layer import CRVQLinear
 
 __all__ = ["export_crvq_checkpoint"]
-
-WEIGHTS_FILE = "model.safetensors"
 
 
 def export_crvq_checkpoint(model: nn.Module, path: str | Path, *, dtype: torch.dtype = torch.float16) -> dict[str, Any]:
@@ -52,19 +50,7 @@ def export_crvq_checkpoint(model: nn.Module, path: str | Path, *, dtype: torch.d
             for key, value in values.items():
                 full = f"{name}.perm" if part == "perm" else f"{name}.{part}.{key}"
                 tensors[full] = value.to(dtype) if value.is_floating_point() else value
-    seen: set[tuple[int, tuple[int, ...]]] = set()
-    for key, value in model.state_dict().items():
-        if key.rpartition(".")[0] in layers:
-            continue
-        ident = (value.untyped_storage().data_ptr() + value.storage_offset() * value.element_size(), tuple(value.shape))
-        if ident in seen:  # a tied weight
-            continue
-        seen.add(ident)
-        tensors[key] = value.to(dtype) if value.is_floating_point() else value
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_FILE),
-              metadata={"format": "pt"})
+    out = save_weights(model, tensors, path, quantized=layers.keys(), dtype=dtype)
     qconfig = {"quant_method": "crvq", "out_group_size": 1, "layers": qlayers}
     config = model.config.to_dict() if hasattr(model, "config") else {}
     config["quantization_config"] = qconfig
