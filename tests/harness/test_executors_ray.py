@@ -2,9 +2,6 @@
 `local`; a Ray worker that dies is retried; a missing `ray` package is a clear error."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,11 +10,9 @@ import pytest
 import yaml
 
 from harness import cli
-from tests.fixtures import toy_plugin
+from tests.fixtures.harness_cli import REPO, harness_env, read_records, run_harness
 
 pytest.importorskip("ray")
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _ray_daemons() -> set[int]:
@@ -35,23 +30,10 @@ def _ray_daemons() -> set[int]:
 
 @pytest.fixture
 def env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    toy_plugin.install(site)
-    env = dict(os.environ, HARNESS_NO_PROGRESS="1", RAY_USAGE_STATS_ENABLED="0")
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
-    return env
+    return harness_env(tmp_path, RAY_USAGE_STATS_ENABLED="0")
 
 
-def _run(suite: Path, results: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(suite), "-o", str(results)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
-def _records(results: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (results / "records").glob("*.json")}
+_run, _records = run_harness, read_records
 
 
 def _wait_until_gone(pids_before: set[int], timeout_s: float = 20) -> set[int]:
@@ -65,10 +47,11 @@ def _wait_until_gone(pids_before: set[int], timeout_s: float = 20) -> set[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_quickstart_rtn_cells_under_ray_match_local(tmp_path, env):
     # The quickstart suite, its RTN cells, evaluated on one window of 128 tokens instead of all
-    # windows of 512 (the model, methods, budgets and params are the quickstart's).
+    # windows of 512 and without zero-shot (the model, methods, budgets and params are the quickstart's).
     suite = yaml.safe_load((REPO / "suites" / "quickstart.yaml").read_text())
     suite["methods"] = [m for m in suite["methods"] if m["name"] == "rtn"]
     suite["evaluations"]["perplexity"].update(seqlen=128, max_windows=1)
+    suite["evaluations"].pop("zero_shot", None)  # its records carry wall-clock seconds per task
     suite.update(save_models=False, report={"tables": ["markdown"], "plots": []})
     local_suite, ray_suite = tmp_path / "quickstart_rtn_local.yaml", tmp_path / "quickstart_rtn_ray.yaml"
     local_suite.write_text(yaml.safe_dump(suite))

@@ -2,30 +2,21 @@
 a killed job is retried, a machine without `sbatch` is a clear error."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from harness import cli
-from tests.fixtures import toy_plugin
+from tests.fixtures.harness_cli import harness_env, read_records, run_harness
 
 pytest.importorskip("submitit")
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    toy_plugin.install(site)
-    env = dict(os.environ, HARNESS_NO_PROGRESS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO), env.get("PYTHONPATH", "")])
-    return env
+    return harness_env(tmp_path)
 
 
 def _suite(path: Path, model_dir: Path, text_file: Path, methods: str, executor: str) -> Path:
@@ -44,15 +35,7 @@ executor: {executor}
     return path
 
 
-def _run(suite: Path, results: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(suite), "-o", str(results)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
-def _records(results: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in (results / "records").glob("*.json")}
+_run, _records = run_harness, read_records
 
 
 @pytest.mark.slow  # over a minute on an idle 2-core machine: `python -m pytest -m slow`

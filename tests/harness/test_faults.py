@@ -4,7 +4,6 @@ are recorded with their kind and a traceback file."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from harness.executors.attempt import run_attempt
 from harness.store import ResultStore
 from harness.suite import load_suite, resolve_cells
 from tests.fixtures import toy_plugin
+from tests.fixtures.harness_cli import harness_env
 
 N_KILLS = 20
 
@@ -41,12 +41,7 @@ report: {{tables: [markdown], plots: []}}
 
 @pytest.fixture
 def env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    toy_plugin.install(site)
-    env = dict(os.environ, HARNESS_NO_PROGRESS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    return env
+    return harness_env(tmp_path)
 
 
 def _start(suite: Path, results: Path, env: dict) -> subprocess.Popen:
