@@ -1,4 +1,4 @@
-"""Command line: `harness run | validate | list | report | show | bits`.
+"""Command line: `harness run | validate | list | report | show | compare | inspect | bits`.
 
 Only this module turns exceptions into a one-paragraph message and an exit code:
 0 success, 1 some cell failed, 2 bad input (suite, arguments, paths). `--debug` shows tracebacks.
@@ -87,9 +87,11 @@ def run(
         _print_plan(cells, store, base_dir=suite_path.resolve().parent, profile=device_profile)
         return
     check_executor(suite.executor)
+    store.save_suite(suite.name, suite_path.read_text(encoding="utf-8"))  # shown in report.html
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
     records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
-    paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name)
+    paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
+                         compare=suite.report.compare)
     _print_records(records)
     for p in paths:
         out.print(f"wrote {p}")
@@ -144,10 +146,13 @@ def report(
     layout: str = typer.Option("default", "--layout", help="default (one row per cell, plots) | paper (the papers' table shape)"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="YAML of published numbers shown with deltas (paper layout)"),
     zero_shot_metric: str = typer.Option("acc", "--zero-shot-metric", help="acc | acc_norm (paper layout)"),
+    html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (tables, plots, suite, environment in one offline page)"),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="BASE:AGAINST method labels: paired comparison in tables/compare.{md,csv} (repeatable)"),
 ) -> None:
-    """(Re)write the tables and plots of a results directory; `--layout paper` writes
+    """(Re)write the tables, plots and report.html of a results directory; `--layout paper` writes
     tables/paper.{md,tex} in the papers' shape (optionally with published numbers)."""
     from harness.report import write_report
+    from harness.report.compare import as_pairs, write_compare_tables
     from harness.store import ResultStore
 
     if not (results_dir / "records").is_dir():
@@ -158,16 +163,23 @@ def report(
         raise HarnessError(f"--zero-shot-metric {zero_shot_metric!r}: use `acc` or `acc_norm`.")
     if reference is not None and layout != "paper":
         raise HarnessError("--reference needs --layout paper.")
+    pairs = as_pairs(compare or [])
     store = ResultStore(results_dir)
     if layout == "paper":
         from harness.report.paper import write_paper_tables
         from harness.report.reference import load_reference
 
         ref = load_reference(reference) if reference else None
-        for p in write_paper_tables(store, reference=ref, metric=zero_shot_metric):
+        paths = write_paper_tables(store, reference=ref, metric=zero_shot_metric)
+        paths += write_compare_tables(store, pairs)
+        if html:  # report.html shows tables/paper.md too
+            from harness.report.html import write_html_report
+
+            paths.append(write_html_report(store, title=results_dir.name))
+        for p in paths:
             out.print(f"wrote {p}")
         return
-    paths = write_report(store, title=results_dir.name)
+    paths = write_report(store, title=results_dir.name, html=html, compare=pairs)
     _print_records(store.records())
     for p in paths:
         out.print(f"wrote {p}")
@@ -190,6 +202,88 @@ def show(
         if not full:
             record = _compact(record)
         out.print_json(json.dumps(record))
+
+
+@app.command()
+def compare(
+    results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
+    base: str = typer.Option(..., "--base", help="method label (or name) to compare against, e.g. aqlm"),
+    against: str = typer.Option(..., "--against", help="method label (or name) whose difference is reported, e.g. crvq"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model label (default: every model both ran)"),
+    budget: Optional[int] = typer.Option(None, "--budget", "-b", help="bit budget (default: every budget both ran)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="perplexity dataset (default: every one both have)"),
+    level: float = typer.Option(0.95, "--level", help="confidence level of the intervals"),
+    resamples: int = typer.Option(2000, "--resamples", help="bootstrap resamples"),
+    layers: bool = typer.Option(False, "--layers", help="also plot both methods' per-layer errors (plots/compare_*_layers.{png,svg})"),
+) -> None:
+    """Paired comparison of two methods on the same model and budget: Δ perplexity (against −
+    base) with a bootstrap CI over the same evaluation windows (and seeds), and its significance."""
+    from harness.analysis.compare import compare_methods
+    from harness.store import ResultStore
+
+    if not (results_dir / "records").is_dir():
+        raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
+    store = ResultStore(results_dir)
+    result = compare_methods(store, base, against, model=model, budget=budget, dataset=dataset, level=level, resamples=resamples)
+    _print_comparison(result)
+    if layers:
+        from harness.report.compare_layers import write_layer_overlay
+
+        for c in {(c.model, c.budget): c for c in result.comparisons}.values():
+            paths, metric = write_layer_overlay(store.plots_dir, c.base, c.against, c.model, c.budget)
+            for p in paths:
+                out.print(f"wrote {p} (per-layer {metric})", highlight=False, markup=False)
+
+
+def _print_comparison(result) -> None:
+    """The paired perplexity table, one verdict line per row, zero-shot (unpaired) and notes."""
+    from rich.text import Text
+
+    from harness.report.compare import ppl_display_rows, zero_shot_display_rows
+
+    def grid(title: str, rows: list[dict[str, str]]) -> Table:
+        table = Table(title=title, title_justify="left")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("model", "dataset", "task") else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(Text(v) for v in row.values()))
+        return table
+
+    if result.comparisons:
+        out.print(grid(f"{result.against} vs {result.base}: perplexity, paired bootstrap over windows and seeds",
+                       ppl_display_rows(result)))
+        for c in result.comparisons:
+            out.print(f"{c.group}: {c.verdict()}", highlight=False, markup=False)
+    if result.zero_shot:
+        out.print(grid(f"{result.against} vs {result.base}: zero-shot accuracy (unpaired, normal approximation "
+                       f"from lm-eval's stderr)", zero_shot_display_rows(result)))
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, markup=False)
+
+
+@app.command()
+def inspect(
+    cell: str = typer.Argument(..., help="record key, unique key prefix or cell label, e.g. smollm2-135m/crvq/b1"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results directory or a folder of them (default: every results/*/)"),
+) -> None:
+    """Per-layer diagnostics of one calibrated cell: a per-block table of layer-output errors and
+    bits, plots/inspect/<key>_layer_error.{png,svg} (blocks × linear types) and, for CRVQ,
+    plots/inspect/<key>_importance.{png,svg} (importance-score distributions across layers)."""
+    from harness.report.inspect import find_record, inspect_record
+
+    record, root = find_record(cell, results)
+    result = inspect_record(record, root)
+    table = Table(title=f"{record.get('label')} ({record['key']}) in {root}: {result.table.error_field} per block")
+    for col in ("block", "linears", "mean error", "max error", "worst", "bits", "seconds"):
+        table.add_column(col, justify="left" if col in ("block", "worst") else "right")
+    for i, row in enumerate(result.summary):  # the blocks, then `all`
+        table.add_row(str(row["block"]), str(row["layers"]), f"{row['mean_error']:.4g}", f"{row['max_error']:.4g}",
+                      row["max_kind"], f"{row['bits']:.4f}", f"{row['seconds']:.1f}", end_section=i == len(result.summary) - 2)
+    out.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    for p in result.paths:
+        out.print(f"wrote {p}")
 
 
 @app.command()

@@ -7,6 +7,10 @@ full-precision targets. Then `method.quantize_linear` replaces each linear, the 
 `method.finetune_block` tunes the block against the targets, and the quantized block's
 outputs become the next block's inputs. Only one block's activations live at a time.
 
+Once a block is finished, every linear's log entry gets `output_error` = tr(ΔW H ΔWᵀ) /
+tr(W H Wᵀ) of the final layer (after fine-tuning: the layer that is saved), with W the
+original weight and H that block's accumulated H (one H per input shared by several linears).
+
 After each block the block's state (packed layers and any tuned parameters) is written to
 `checkpoint_dir`; a killed run reloads the finished blocks, replays the calibration data
 through them (one forward pass each, no re-quantization) and continues at the next block.
@@ -25,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.analysis.layers import relative_output_error
 from harness.data import token_hash
 from harness.models.adapters import FamilyAdapter
 from harness.quantizer import (
@@ -110,13 +115,15 @@ def capture_block_inputs(
 class HessianAccumulator:
     """Accumulates sum x xᵀ (float64) and token counts for named linears through forward hooks.
 
-    Linears fed the same input tensor (e.g. q/k/v) share one product per batch.
+    Linears fed the same input tensor (e.g. q/k/v) share one sum: the first linear to see an
+    input owns it, the others point to it (`owner`). After `finish()`, `H(name)` is the mean.
     """
 
     def __init__(self, linears: dict[str, nn.Linear]):
         self.sums: dict[str, torch.Tensor] = {}
+        self.owner: dict[str, str] = {}
         self.counts: dict[str, int] = dict.fromkeys(linears, 0)
-        self._shared: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._shared: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, str]] = {}
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in linears.items()]
 
     def _hook(self, name: str):
@@ -125,22 +132,45 @@ class HessianAccumulator:
             ident = (x.data_ptr(), tuple(x.shape))
             cached = self._shared.get(ident)
             if cached is not None and cached[0] is x:
-                xtx = cached[1]
+                owner = cached[1]
             else:
+                owner = name
                 flat = x.reshape(-1, x.shape[-1]).float()
                 xtx = (flat.T @ flat).double()
+                if name in self.sums:
+                    self.sums[name] += xtx
+                else:
+                    self.sums[name] = xtx
                 # keep x alive until the batch ends, so its memory cannot be reused by another
                 # tensor of the same shape (which would alias the cache key)
-                self._shared[ident] = (x, xtx)
-            self.sums[name] = self.sums[name] + xtx if name in self.sums else xtx.clone()
+                self._shared[ident] = (x, name)
+            if self.owner.setdefault(name, owner) != owner:
+                raise RuntimeError(
+                    f"calibration pipeline: linear '{name}' saw the input of '{owner}' in one batch and "
+                    f"of '{self.owner[name]}' in another; the block's forward is not deterministic"
+                )
             self.counts[name] += x.numel() // x.shape[-1]
         return hook
 
     def next_batch(self) -> None:
         self._shared.clear()
 
+    def finish(self) -> None:
+        """Turn the sums into means (in place): one H per distinct input."""
+        for owner, total in self.sums.items():
+            total /= self.counts[owner]
+
+    def to(self, device: torch.device) -> None:
+        """Move the (finished) H's to `device`."""
+        self.sums = {owner: total.to(device) for owner, total in self.sums.items()}
+
+    def H(self, name: str) -> torch.Tensor:
+        """The mean x xᵀ [in, in] float64 of `name`'s input (shared; do not modify)."""
+        return self.sums[self.owner[name]]
+
     def stats(self, name: str) -> LayerStats:
-        return LayerStats(H=self.sums[name] / self.counts[name], num_samples=self.counts[name])
+        """`name`'s statistics for a method, with its own copy of H (methods may modify it)."""
+        return LayerStats(H=self.H(name).clone(), num_samples=self.counts[name])
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -190,8 +220,8 @@ def run_pipeline(
         names = [name for group in adapter.linear_groups(block) for name in group]
         linears = {name: block.get_submodule(name) for name in names}
         start = time.perf_counter()
-        stats, targets = _accumulate(block, data, linears, keep_outputs=wants_targets)
-        block_logs = []
+        hessians, targets = _accumulate(block, data, linears, keep_outputs=wants_targets)
+        block_logs, linear_logs = [], {}
         for name in names:
             full_name = f"{adapter.blocks_path}.{index}.{name}"
             ctx = QuantContext(
@@ -199,10 +229,12 @@ def run_pipeline(
                 device=device, progress=progress,
             )
             t0 = time.perf_counter()
-            qlayer = quantizer.quantize_linear(linears[name], stats.pop(name), ctx)
+            qlayer = quantizer.quantize_linear(linears[name], hessians.stats(name), ctx)
             block.set_submodule(name, qlayer.to(device))
-            block_logs.append(layer_log(full_name, qlayer, time.perf_counter() - t0, ctx.log))
+            linear_logs[name] = layer_log(full_name, qlayer, time.perf_counter() - t0, ctx.log)
+            block_logs.append(linear_logs[name])
         if wants_targets:
+            hessians.to(storage)  # off the accelerator while the block is tuned
             ctx = QuantContext(
                 layer_name=f"{adapter.blocks_path}.{index}", block_index=index,
                 generator=layer_generator(seed, f"{adapter.blocks_path}.{index}"), device=device, progress=progress,
@@ -212,6 +244,12 @@ def run_pipeline(
                 entry.setdefault("name", f"{adapter.blocks_path}.{index}")
             block_logs.extend(ctx.log)
         del targets
+        with torch.no_grad():  # the final layers against the original weights
+            for name, entry in linear_logs.items():
+                entry["output_error"] = relative_output_error(
+                    linears[name].weight, block.get_submodule(name).dequantize(), hessians.H(name)
+                )
+        del hessians, linears  # the block's H's and original weights
         with torch.inference_mode():
             _propagate(block, data)
         if checkpoints:
@@ -226,8 +264,9 @@ def run_pipeline(
 @torch.inference_mode()
 def _accumulate(
     block: nn.Module, data: BlockData, linears: dict[str, nn.Linear], *, keep_outputs: bool
-) -> tuple[dict[str, LayerStats], torch.Tensor | None]:
-    """One pass over the calibration data: H for every linear, and the block outputs if asked."""
+) -> tuple[HessianAccumulator, torch.Tensor | None]:
+    """One pass over the calibration data: H for every linear (finished accumulator, hooks
+    removed), and the block outputs if asked."""
     acc = HessianAccumulator(linears)
     outputs = torch.empty_like(data.hidden) if keep_outputs else None
     try:
@@ -238,7 +277,8 @@ def _accumulate(
             acc.next_batch()
     finally:
         acc.remove()
-    return {name: acc.stats(name) for name in linears}, outputs
+    acc.finish()
+    return acc, outputs
 
 
 def _propagate(block: nn.Module, data: BlockData) -> None:

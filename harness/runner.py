@@ -144,7 +144,7 @@ def zeroshot_cache_dir(store: ResultStore, cell: Cell) -> Path:
     The model key hashes the cell without its evaluations, so a changed evaluation list (a
     new task, another perplexity dataset) reuses the tasks already evaluated.
     """
-    payload = cell.model_dump(mode="json", exclude={"suite", "save_model", "stand_in", "evaluations"})
+    payload = cell.model_dump(mode="json", exclude={"suite", "save_model", "stand_in", "evaluations", "base_seed"})
     payload = {k: v for k, v in payload.items() if v is not None}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return store.root / "zeroshot" / hashlib.sha256(blob.encode()).hexdigest()[:16]

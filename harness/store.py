@@ -5,7 +5,9 @@ Layout under ``root``::
     records/<key>.json   one record per cell key (written by the engine)
     models/<key>/        saved quantized models
     logs/<key>.log       each cell's log
+    suites/<name>.yaml   a copy of each suite file that ran into this folder (`harness run`)
     tables/  plots/      the report
+    report.html          the report in one self-contained page
 
 Every file is written to a temp file in the same folder, fsynced and moved into place with
 ``os.replace`` (then the folder is fsynced), so a reader never sees a partial file and a
@@ -155,6 +157,21 @@ class ResultStore:
     @property
     def plots_dir(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def suites_dir(self) -> Path:
+        return self.root / "suites"
+
+    def save_suite(self, name: str, text: str) -> Path:
+        """Keep a copy of a suite file as ``suites/<name>.yaml`` (atomically; characters other
+        than letters, digits, ``.``, ``_`` and ``-`` become ``_``). One file per suite name: a
+        later run of the same suite replaces it, another suite writing here adds its own."""
+        safe = re.sub(r"[^\w.-]+", "_", name).strip("._") or "suite"
+        return atomic_write_text(self.suites_dir / f"{safe}.yaml", text)
+
+    def suite_files(self) -> list[Path]:
+        """The saved suite files (``suites/*.yaml``), sorted by name."""
+        return sorted(self.suites_dir.glob("*.yaml")) if self.suites_dir.is_dir() else []
 
     @staticmethod
     def _check_key(key: Any) -> str:

@@ -32,6 +32,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_seeds(v: list[int] | None) -> list[int] | None:
+    """`seeds`: a non-empty list of distinct integers >= 0 (None: not set)."""
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("`seeds` is empty: list at least one seed, e.g. [0, 1, 2], or remove the key")
+    bad = [s for s in v if s < 0]
+    if bad:
+        raise ValueError(f"seeds must be integers >= 0, got {bad}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"a seed is listed twice in {v}: list each seed once")
+    return v
+
+
 class ModelSpec(_Strict):
     """A model: the embedded alias, a hub id, a local directory or a GGUF file."""
 
@@ -51,7 +65,10 @@ class CalibrationSpec(_Strict):
     source: str = "embedded"
     num_sequences: int = Field(128, gt=0)
     seqlen: int | None = Field(None, gt=0)
-    seed: int | None = None
+    seed: int | None = Field(
+        None, description="seed of the calibration sample; default: the cell's seed, so repeats (`seeds`) draw "
+        "different samples. Set it to keep the sample fixed: then only the method's randomness varies over seeds",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of the calibration forward passes (autocast); H is always float64"
     )
@@ -150,7 +167,13 @@ class MethodEntry(_Strict):
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     budgets: list[int] | None = None
+    seeds: list[int] | None = Field(None, description="repeat each cell of this line once per seed (overrides the suite's `seeds`)")
     finetune_e2e: FinetuneE2ESpec | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
 
     @field_validator("budgets")
     @classmethod
@@ -160,9 +183,20 @@ class MethodEntry(_Strict):
         return v
 
 
+class ComparePair(_Strict):
+    """A paired comparison for the report (`harness.report.compare`): method labels or names."""
+
+    base: str = Field(description="method label (or name) compared against")
+    against: str = Field(description="method label (or name) whose difference from `base` is reported")
+
+
 class ReportSpec(_Strict):
     tables: list[Literal["markdown", "latex", "csv"]] = Field(default_factory=lambda: ["markdown", "latex", "csv"])
     plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
+    html: bool = Field(True, description="also write report.html: the whole report in one self-contained page")
+    compare: list[ComparePair] = Field(
+        default_factory=list, description="paired comparisons written to tables/compare.{md,csv}, e.g. [{base: aqlm, against: crvq}]"
+    )
 
 
 ExecutorType = Literal["local", "ray", "slurm"]
@@ -222,6 +256,9 @@ class Suite(_Strict):
     name: str
     description: str = ""
     seed: int = 0
+    seeds: list[int] | None = Field(
+        None, description="repeats: every quantized cell runs once per seed (default: once, with `seed`)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     output_dir: str | None = None
@@ -245,6 +282,11 @@ class Suite(_Strict):
                 raise ValueError(f"unknown executor '{value}': use local, ray or slurm")
             return {"type": value}
         return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
 
     @model_validator(mode="after")
     def _normalise(self) -> "Suite":
@@ -270,12 +312,13 @@ class Cell(_Strict):
     save_model: bool
     finetune_e2e: FinetuneE2ESpec | None = None
     stand_in: dict[str, Any] | None = None
+    base_seed: int | None = Field(None, description="the suite's `seed` when this cell is a repeat with another seed (labels only)")
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines the cell's results (`stand_in` only describes
-        them; an absent `finetune_e2e` is left out, so keys of cells without it are unchanged)."""
-        payload = self.model_dump(mode="json", exclude={"suite", "save_model", "stand_in"})
+        """Hash of everything that determines the cell's results (`stand_in` and `base_seed` only
+        describe them; an absent `finetune_e2e` is left out, so keys of cells without it are unchanged)."""
+        payload = self.model_dump(mode="json", exclude={"suite", "save_model", "stand_in", "base_seed"})
         if payload.get("finetune_e2e") is None:
             payload.pop("finetune_e2e", None)
         for evaluation in ("throughput", "zero_shot"):  # keys of cells without them are unchanged
@@ -288,7 +331,8 @@ class Cell(_Strict):
     @property
     def label(self) -> str:
         budget = f"/b{self.budget}" if self.budget is not None else ""
-        return f"{self.model.label}/{self.method_label}{budget}"
+        seed = f"/s{self.seed}" if self.base_seed is not None and self.seed != self.base_seed else ""
+        return f"{self.model.label}/{self.method_label}{budget}{seed}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -374,7 +418,22 @@ def _check_model(spec: ModelSpec, where: str, suite_path: Path) -> None:
         )
 
 
+def _check_compare(suite: Suite, path: Path) -> None:
+    """`report.compare` names methods of the suite (by label or name), two different ones."""
+    names = {e.label or e.name for e in suite.methods} | {e.name for e in suite.methods}
+    for i, pair in enumerate(suite.report.compare):
+        for side in ("base", "against"):
+            if getattr(pair, side) not in names:
+                raise SuiteError(
+                    f"{path}: field `report.compare[{i}].{side}`: '{getattr(pair, side)}' is not a method of this "
+                    f"suite; use one of {', '.join(sorted(names))}."
+                )
+        if pair.base == pair.against:
+            raise SuiteError(f"{path}: field `report.compare[{i}]`: base and against are both '{pair.base}'; name two methods.")
+
+
 def _check_references(suite: Suite, path: Path) -> None:
+    _check_compare(suite, path)
     for i, model in enumerate(suite.models):
         _check_model(model, f"models[{i}]", path)
     _check_dataset(suite.calibration.source, "calibration.source", path)
@@ -396,6 +455,11 @@ def _check_references(suite: Suite, path: Path) -> None:
     for i, entry in enumerate(suite.methods):
         _resolve_entry(entry, f"{path}: field `methods[{i}]`")
         method = get_method(entry.name)
+        if entry.seeds is not None and len(entry.seeds) > 1 and not method.modifies_weights:
+            raise SuiteError(
+                f"{path}: field `methods[{i}].seeds`: method '{entry.name}' is the unquantized reference; it "
+                f"has no randomness and runs once. Remove `seeds` from this line."
+            )
         if entry.finetune_e2e is not None and not (method.requires_calibration and method.modifies_weights):
             raise SuiteError(
                 f"{path}: field `methods[{i}].finetune_e2e`: method '{entry.name}' is "
@@ -434,42 +498,59 @@ def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dic
     return combos
 
 
+def entry_seeds(suite: Suite, entry: MethodEntry) -> list[int]:
+    """The seeds one method line runs with: its own `seeds`, else the suite's `seeds`, else
+    `[seed]`. The unquantized reference (a method that does not modify weights) runs once:
+    with the suite's `seed` if that is among them, else with the first."""
+    seeds = entry.seeds or suite.seeds or [suite.seed]
+    if not get_method(entry.name).modifies_weights:
+        return [suite.seed if suite.seed in seeds else seeds[0]]
+    return list(seeds)
+
+
 def resolve_cells(suite: Suite, suite_path: str | os.PathLike = "suite.yaml") -> list[Cell]:
-    """Expand a validated suite into its cells (models × method configs)."""
+    """Expand a validated suite into its cells (models × method configs × seeds).
+
+    A cell's seed drives the method's randomness and, unless `calibration.seed` is set, the
+    calibration sample. A cell with the suite's `seed` is exactly the cell of a suite without
+    `seeds` (same key, same label); other seeds add `/s<seed>` to the label. Cells with the same
+    key (e.g. the same budget and seed on two lines) run once."""
     cells: list[Cell] = []
     seen: set[str] = set()
     for model in suite.models:
         for i, entry in enumerate(suite.methods):
             method = get_method(entry.name)
             for budget, params in _resolve_entry(entry, f"{suite_path}: field `methods[{i}]`"):
-                calibration = None
-                if method.requires_calibration:
-                    calibration = suite.calibration.model_copy(
-                        update={
-                            "seqlen": suite.calibration.seqlen or model.seqlen,
-                            "seed": suite.seed if suite.calibration.seed is None else suite.calibration.seed,
-                        }
+                for seed in entry_seeds(suite, entry):
+                    calibration = None
+                    if method.requires_calibration:
+                        calibration = suite.calibration.model_copy(
+                            update={
+                                "seqlen": suite.calibration.seqlen or model.seqlen,
+                                "seed": seed if suite.calibration.seed is None else suite.calibration.seed,
+                            }
+                        )
+                    cell = Cell(
+                        suite=suite.name,
+                        model=model,
+                        method=entry.name,
+                        method_label=entry.label or entry.name,
+                        budget=budget,
+                        params=params,
+                        calibration=calibration,
+                        evaluations=suite.evaluations,
+                        seed=seed,
+                        device=suite.device,
+                        dtype=suite.dtype,
+                        save_model=suite.save_models,
+                        finetune_e2e=entry.finetune_e2e,
+                        stand_in=suite.stand_in,
+                        base_seed=None if seed == suite.seed else suite.seed,
                     )
-                cell = Cell(
-                    suite=suite.name,
-                    model=model,
-                    method=entry.name,
-                    method_label=entry.label or entry.name,
-                    budget=budget,
-                    params=params,
-                    calibration=calibration,
-                    evaluations=suite.evaluations,
-                    seed=suite.seed,
-                    device=suite.device,
-                    dtype=suite.dtype,
-                    save_model=suite.save_models,
-                    finetune_e2e=entry.finetune_e2e,
-                    stand_in=suite.stand_in,
-                )
-                if cell.key in seen:
-                    continue
-                seen.add(cell.key)
-                cells.append(cell)
+                    if cell.key in seen:
+                        continue
+                    seen.add(cell.key)
+                    cells.append(cell)
     return cells
 
 

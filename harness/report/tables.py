@@ -10,6 +10,23 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.repeats import (
+    ACC_SE,
+    ACC_STD,
+    AUX_PREFIXES,
+    PPL_HI,
+    PPL_LO,
+    PPL_STD,
+    TOK_MAX,
+    TOK_MIN,
+    TOK_PREFIX,
+    aggregate_repeats,
+    ppl_interval,
+    record_seed,
+    throughput_columns,
+    window_nll,
+    zero_shot_se_average,
+)
 from harness.store import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -22,7 +39,7 @@ ACC_AVG = ACC_PREFIX + "avg"
 _HEAD = ["model", "method", "budget", "params", "bits", "bits_paper", "model_bits", "size_mb"]
 _TAIL = ["quantize_s", "reference", "key"]
 #: Columns that only the CSV carries (bookkeeping).
-_HIDDEN = {"reference", "key"}
+_HIDDEN = {"reference", "key", "keys", "seeds"}
 _TEXT = {"model", "method", "params"}
 #: Short names for common parameters in the params column.
 _ABBREV = {"group_size": "g", "groupsize": "g"}
@@ -91,19 +108,23 @@ def zero_shot_tasks(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t: v for t, v in (tasks or {}).items() if isinstance(v, dict)}
 
 
-def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per ``ok`` record; columns ``model, method, budget, params, bits, bits_paper,
-    model_bits, size_mb`` (10^6 bytes), one ``ppl:<dataset>`` per dataset, one ``acc:<task>``
-    per zero-shot task (accuracy as a fraction) and ``acc:avg`` (their mean over the tasks that
-    some row has; NaN for a row that misses one), ``quantize_s`` (seconds), then ``reference``
-    and ``key``.
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per ``ok`` record; columns ``model, method, budget, params, seed, bits,
+    bits_paper, model_bits, size_mb`` (10^6 bytes); per dataset ``ppl:<dataset>`` with
+    ``ppl_std:`` (NaN here), ``ppl_lo:`` and ``ppl_hi:`` (95% bootstrap interval over the
+    evaluation windows); per zero-shot task ``acc:<task>`` (a fraction) with ``acc_std:`` (NaN
+    here) and ``acc_se:`` (lm-eval's standard error), and ``acc:avg`` (the mean over the tasks
+    that some row has; NaN for a row that misses one); per throughput batch size ``tok/s:b<n>``
+    with ``tok/s_min:``/``tok/s_max:`` (see :mod:`harness.report.repeats`); ``quantize_s``
+    (seconds), then ``reference`` and ``key``.
 
-    Sorted by model, the reference first, then method, then bits descending.
+    Sorted by model, the reference first, then method, then bits descending, then seed.
     """
     ok = [r for r in records if r.get("status") == "ok"]
     params = params_strings(ok)
     datasets: list[str] = []
     tasks: list[str] = []
+    batches: list[str] = []
     rows = []
     for r in ok:
         metrics = r.get("metrics") or {}
@@ -115,6 +136,7 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "method": _method_label(r),
             "budget": r.get("budget"),
             "params": params[r["key"]],
+            "seed": record_seed(r),
             "bits": _num(metrics.get("bits")),
             "bits_paper": _num(metrics.get("bits_paper")),
             "model_bits": _num(metrics.get("model_bits")),
@@ -125,29 +147,72 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         }
         for d, v in ppl.items():
             row[PPL_PREFIX + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+            row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([window_nll(r, d)])
         for t, v in zero_shot_tasks(r).items():
             if t not in tasks:
                 tasks.append(t)
             row[ACC_PREFIX + t] = _num(v.get("acc"))
+            row[ACC_SE + t] = _num(v.get("acc_stderr"))
+        throughput = throughput_columns(r)
+        batches.extend(c[len(TOK_PREFIX):] for c in throughput if c.startswith(TOK_PREFIX) and c[len(TOK_PREFIX):] not in batches)
+        row.update(throughput)
         rows.append(row)
     acc_columns = [ACC_PREFIX + t for t in tasks]
-    columns = _HEAD + [PPL_PREFIX + d for d in datasets] + acc_columns + ([ACC_AVG] if tasks else []) + _TAIL
+    columns = (
+        _HEAD[:4] + ["seed"] + _HEAD[4:]
+        + [p + d for d in datasets for p in (PPL_PREFIX, PPL_STD, PPL_LO, PPL_HI)]
+        + [p + t for t in [*tasks, "avg"] if tasks for p in (ACC_PREFIX, ACC_STD, ACC_SE)]
+        + [p + b for b in batches for p in (TOK_PREFIX, TOK_MIN, TOK_MAX)]
+        + _TAIL
+    )
     frame = pd.DataFrame(rows, columns=columns)
     if tasks:  # over the tasks some row has (a task that failed everywhere does not blank the average)
-        measured = [c for c in acc_columns if frame[c].notna().any()]
-        frame[ACC_AVG] = frame[measured].astype(float).mean(axis=1, skipna=False) if measured else math.nan
+        measured = [t for t in tasks if frame[ACC_PREFIX + t].notna().any()]
+        if measured:
+            frame[ACC_AVG] = frame[[ACC_PREFIX + t for t in measured]].astype(float).mean(axis=1, skipna=False)
+            se = frame[[ACC_SE + t for t in measured]].astype(float)
+            frame[ACC_SE + "avg"] = [zero_shot_se_average(values) for values in se.to_numpy()]
+        else:
+            frame[ACC_AVG] = math.nan
     frame["budget"] = frame["budget"].astype("Int64")
+    frame["seed"] = frame["seed"].astype("Int64")
     frame["reference"] = frame["reference"].astype(bool)
     if frame.empty:
         return frame
     frame["_order"] = ~frame["reference"]
     frame = frame.sort_values(
-        ["model", "_order", "method", "bits", "params"],
-        ascending=[True, True, True, False, True],
+        ["model", "_order", "method", "bits", "params", "seed"],
+        ascending=[True, True, True, False, True, True],
         na_position="last",
         kind="stable",
     )
     return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per configuration: the ``ok`` records that differ only by seed are aggregated
+    (:func:`harness.report.repeats.aggregate_repeats`). Columns as in :func:`records_frame`,
+    with ``n`` (seeds) in place of ``seed``, and ``seeds`` and ``keys`` at the end; numbers
+    are means over the seeds, ``ppl_std:``/``acc_std:`` their standard deviations, and the
+    perplexity interval is bootstrapped over windows and seeds. ``key`` is the first seed's.
+
+    Sorted by model, the reference first, then method, then bits descending.
+    """
+    records = list(records)
+    return aggregate_results(records_frame(records), records)
+
+
+def aggregate_results(by_record: pd.DataFrame, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """:func:`results_frame` from an already built :func:`records_frame` of ``records``."""
+    frame = aggregate_repeats(by_record, records)
+    columns = list(frame.columns)
+    columns.remove("n")
+    columns.insert(columns.index("params") + 1, "n")
+    frame = frame[columns].copy()
+    if not frame.empty:
+        frame["budget"] = frame["budget"].astype("Int64")
+        frame["reference"] = frame["reference"].astype(bool)
+    return frame.reset_index(drop=True)
 
 
 def failures_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -217,7 +282,7 @@ def _fmt(column: str) -> Callable[[Any], str]:
         spec = "{:.1f}"
     elif column == "size_mb":
         spec = "{:.2f}"
-    elif column == "quantize_s":
+    elif column == "quantize_s" or column.startswith(TOK_PREFIX):
         spec = "{:.1f}"
     else:
         spec = "{}"
@@ -232,13 +297,79 @@ def _fmt(column: str) -> Callable[[Any], str]:
     return fmt
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _with_uncertainty(frame: pd.DataFrame, column: str) -> list[str]:
+    """Display strings of a ``ppl:``/``acc:``/``tok/s:`` column with its uncertainty merged in:
+    ``mean ± std`` over seeds (n > 1) or, for a single zero-shot run, ``acc ± stderr``;
+    ``[lo, hi]`` the perplexity's bootstrap interval; ``(min–max)`` the throughput repeats."""
+    fmt = _fmt(column)
+    prefix, name = column.split(":", 1)
+    prefix += ":"
+    aux = {p: frame[p + name] if p + name in frame else None for p, main in AUX_PREFIXES.items() if main == prefix}
+    n = frame["n"] if "n" in frame else pd.Series(1, index=frame.index)
+    out = []
+    for i, value in enumerate(frame[column]):
+        text = fmt(value)
+        at = {p: (None if series is None else series.iloc[i]) for p, series in aux.items()}
+        if text == "-" or not _finite(value):
+            out.append(text)
+            continue
+        std = at.get(PPL_STD if prefix == PPL_PREFIX else ACC_STD)
+        if n.iloc[i] > 1 and _finite(std):
+            text += f" ± {fmt(std)}"
+        elif n.iloc[i] == 1 and prefix == ACC_PREFIX and _finite(at.get(ACC_SE)):
+            text += f" ± {fmt(at[ACC_SE])}"
+        if prefix == PPL_PREFIX and _finite(at.get(PPL_LO)) and _finite(at.get(PPL_HI)):
+            text += f" [{fmt(at[PPL_LO])}, {fmt(at[PPL_HI])}]"
+        if prefix == TOK_PREFIX and _finite(at.get(TOK_MIN)) and _finite(at.get(TOK_MAX)):
+            text += f" ({fmt(at[TOK_MIN])}–{fmt(at[TOK_MAX])})"
+        out.append(text)
+    return out
+
+
 def _display(frame: pd.DataFrame, drop_empty: Iterable[str], hidden: Iterable[str] = _HIDDEN) -> pd.DataFrame:
-    """String cells; ``hidden`` columns dropped, and ``drop_empty`` columns when all empty."""
-    shown = frame.drop(columns=[c for c in frame.columns if c in set(hidden)])
+    """String cells; ``hidden`` columns dropped, and ``drop_empty`` columns when all empty.
+    Uncertainty columns are merged into their main column (:func:`_with_uncertainty`); ``n``
+    is shown only when some row has repeats."""
+    aux = [c for c in frame.columns if c.startswith(tuple(AUX_PREFIXES))]
+    shown = frame.drop(columns=[c for c in frame.columns if c in set(hidden) or c in aux])
     for c in drop_empty:
         if c in shown and (shown[c].isna() | (shown[c].astype(str) == "")).all():
             shown = shown.drop(columns=c)
-    return pd.DataFrame({c: [_fmt(c)(v) for v in shown[c]] for c in shown.columns}, columns=shown.columns)
+    if "n" in shown and not (shown["n"] > 1).any():
+        shown = shown.drop(columns="n")
+    if "seed" in shown and shown["seed"].isna().all():
+        shown = shown.drop(columns="seed")
+    merged = (PPL_PREFIX, ACC_PREFIX, TOK_PREFIX)
+    return pd.DataFrame(
+        {c: _with_uncertainty(frame, c) if c.startswith(merged) else [_fmt(c)(v) for v in shown[c]] for c in shown.columns},
+        columns=shown.columns,
+    )
+
+
+def uncertainty_legend(results: pd.DataFrame) -> str:
+    """One sentence explaining the ``±``, ``[lo, hi]`` and ``(min–max)`` shown ('' if none)."""
+    n = results["n"] if "n" in results else pd.Series(1, index=results.index)
+    repeats = bool((n > 1).any())
+
+    def has(prefix: str) -> bool:
+        return any(results[c].notna().any() for c in results.columns if c.startswith(prefix))
+
+    parts = []
+    if repeats:
+        parts.append("`mean ± std` over the `n` seeds of a row")
+    if has(ACC_SE) and (n == 1).any():
+        parts.append("zero-shot accuracy of a single run: `acc ± stderr` (lm-eval's standard error)")
+    if has(PPL_LO):
+        parts.append("perplexity `[lo, hi]`: 95% bootstrap confidence interval over the evaluation windows"
+                     + (" and seeds" if repeats else ""))
+    if has(TOK_PREFIX):
+        parts.append("decode tokens/s per sequence (`tok/s:b<batch>`): median of the timed repeats "
+                     "`(slowest–fastest)`" + (", mean over seeds" if repeats else ""))
+    return ("Uncertainty: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -260,8 +391,10 @@ def to_markdown(results: pd.DataFrame, failures: pd.DataFrame | None = None, tit
             + (" Zero-shot accuracy in percent (`acc:<task>`, 0-shot through lm-eval; `acc:avg` is their "
                "mean, shown for rows that have every task measured)." if ACC_AVG in results else ""),
             "",
-            _markdown_table(_display(results, optional)),
         ]
+        legend = uncertainty_legend(results)
+        parts += [legend, ""] if legend else []
+        parts.append(_markdown_table(_display(results, optional)))
     if failures is not None and not failures.empty:
         parts += ["", failures_markdown(failures, heading="## Failed cells")]
     return "\n".join(parts) + "\n"
@@ -286,7 +419,7 @@ _LATEX_SPECIAL = {
 }
 _LATEX_HEADERS = {
     "method": "Method", "budget": "Budget", "params": "Config", "bits": "Bits/w",
-    "bits_paper": "Bits/w (paper)", "model_bits": "Model bits/w", "size_mb": "Size (MB)", ACC_AVG: "Avg",
+    "bits_paper": "Bits/w (paper)", "model_bits": "Model bits/w", "size_mb": "Size (MB)", ACC_AVG: "Avg", "n": "$n$",
 }
 
 
@@ -308,7 +441,8 @@ def to_latex(results: pd.DataFrame) -> str:
     spec = "".join("l" if c in _TEXT else "r" for c in cols)
     lines = [r"% Generated by ptq-harness; needs \usepackage{booktabs}.", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
     spans = []  # (first column, 1-based; number of columns; shared header)
-    for prefix, title in ((PPL_PREFIX, r"Perplexity ($\downarrow$)"), (ACC_PREFIX, r"Zero-shot accuracy, \% ($\uparrow$)")):
+    for prefix, title in ((PPL_PREFIX, r"Perplexity ($\downarrow$)"), (ACC_PREFIX, r"Zero-shot accuracy, \% ($\uparrow$)"),
+                          (TOK_PREFIX, r"Decode tokens/s ($\uparrow$)")):
         members = [c for c in cols if c.startswith(prefix)]
         if members:
             spans.append((cols.index(members[0]) + 1, len(members), title))
@@ -319,7 +453,8 @@ def to_latex(results: pd.DataFrame) -> str:
             position = first + n
         lines.append(" & ".join(cells) + r" \\")
         lines.append(" ".join(rf"\cmidrule(lr){{{first}-{first + n - 1}}}" for first, n, _ in spans))
-    header = [_LATEX_HEADERS.get(c) or latex_escape(c.split(":", 1)[-1]) for c in cols]
+    header = [_LATEX_HEADERS.get(c) or (f"batch {c[len(TOK_PREFIX) + 1:]}" if c.startswith(TOK_PREFIX) else None)
+              or latex_escape(c.split(":", 1)[-1]) for c in cols]
     lines += [" & ".join(header) + r" \\", r"\midrule"]
     for i, (model, group) in enumerate(shown.groupby("model", sort=False)):
         if i:
@@ -332,7 +467,8 @@ def to_latex(results: pd.DataFrame) -> str:
                 if c in _TEXT:
                     cells.append(latex_escape(v))
                 else:
-                    cells.append({"-": "--", "inf": r"$\infty$"}.get(v, v))
+                    v = {"-": "--", "inf": r"$\infty$"}.get(v, v)
+                    cells.append(v.replace(" ± ", r" $\pm$ ").replace("–", "--"))
             lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -370,4 +506,19 @@ def write_tables(
             written.append(atomic_write_text(out_dir / f"{name}.tex", to_latex(results)))
     if "csv" in formats:
         written.append(atomic_write_text(out_dir / f"{name}.csv", results.to_csv(index=False)))
+    return written
+
+
+def write_by_seed_tables(
+    by_record: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("markdown", "csv"), *, title: str | None = None
+) -> list[Path]:
+    """Write ``results_by_seed.md`` and ``.csv`` (:func:`records_frame`: one row per record, each
+    seed of a repeated cell on its own row) for the formats among ``markdown`` and ``csv``."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    if "markdown" in formats:
+        text = to_markdown(by_record, None, f"{title or 'Results'}: every seed")
+        written.append(atomic_write_text(out_dir / "results_by_seed.md", text))
+    if "csv" in formats:
+        written.append(atomic_write_text(out_dir / "results_by_seed.csv", by_record.to_csv(index=False)))
     return written

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from harness.analysis.layers import relative_output_error as shared_relative_output_error
 from methods.aqlm.kmeans import kmeans
 
 __all__ = [
@@ -133,8 +134,9 @@ def output_error(D: torch.Tensor, H: torch.Tensor) -> float:
 
 
 def relative_output_error(W_hat: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
-    """E(Ŵ) / tr(W H Wᵀ) (float64)."""
-    return output_error(W_hat - W, H) / max(output_error(W, H), 1e-300)
+    """E(Ŵ) / tr(W H Wᵀ) (float64); note the argument order (Ŵ first), see
+    `harness.analysis.layers.relative_output_error` (the shared definition it calls)."""
+    return shared_relative_output_error(W, W_hat, H)
 
 
 # --------------------------------------------------------------------- codebook step

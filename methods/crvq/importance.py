@@ -15,10 +15,15 @@ import torch
 
 from methods.aqlm.kmeans import kmeans
 
-__all__ = ["IMPORTANCE_RULES", "REORDER_MODES", "channel_order", "critical_first", "importance_scores", "vq_residual"]
+__all__ = [
+    "HIST_LOG10_EDGES", "IMPORTANCE_RULES", "REORDER_MODES", "channel_order", "critical_first", "importance_scores",
+    "score_histogram", "vq_residual",
+]
 
 IMPORTANCE_RULES = ("wa", "wa_max", "w", "random")
 REORDER_MODES = ("critical_first", "sorted")
+#: Bin edges of `score_histogram`: log10 of score / mean score, -4 to 3 in steps of 0.5.
+HIST_LOG10_EDGES = tuple(k / 2 for k in range(-8, 7))
 
 
 def vq_residual(
@@ -70,3 +75,14 @@ def critical_first(order: torch.Tensor, n_critical: int) -> torch.Tensor:
     rest = torch.ones(order.numel(), dtype=torch.bool, device=order.device)
     rest[head] = False
     return torch.cat([head, rest.nonzero().squeeze(1)])
+
+
+def score_histogram(scores: torch.Tensor, edges: tuple[float, ...] = HIST_LOG10_EDGES) -> list[int]:
+    """Channels per bin of log10(score / mean score) (scores: float [in], >= 0): counts [len(edges) + 1];
+    bin 0 holds the channels below 10**edges[0] (zero scores included), bin i those in
+    [10**edges[i-1], 10**edges[i]), the last those at or above 10**edges[-1]. Normalising by the
+    mean makes layers of any width and scale comparable: a channel of average importance is at 0."""
+    s = scores.detach().double().cpu()
+    relative = torch.log10(s / s.mean().clamp_min(1e-300))  # -inf for a zero score: bin 0
+    bins = torch.bucketize(relative, torch.tensor(edges, dtype=torch.float64), right=True)
+    return torch.bincount(bins, minlength=len(edges) + 1).tolist()

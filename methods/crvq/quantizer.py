@@ -21,6 +21,7 @@ from methods.aqlm.layer import AQLMLinear
 from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize
 from methods.crvq.config import PRESETS, CRVQConfig
+from methods.crvq.importance import HIST_LOG10_EDGES, score_histogram
 from methods.crvq.layer import CRVQLinear
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,11 @@ class CRVQQuantizer(Quantizer):
         layer has no critical group (floor(in · critical_ratio / g) == 0; logged as `fallback`).
         Appends to `ctx.log`: layer, rel_error (E(Ŵ)/tr(W H Wᵀ) of the stored representation),
         init_rel_error, epochs, seconds, importance, n_crit, critical_ratio (effective),
-        fallback, and a summary of the importance scores (quantiles, max, the critical
-        channels' share of the total score).
+        fallback, and a summary of the importance scores `importance_scores`: quantiles q50, q90,
+        q99, max, mean, the critical channels' share of the total score (`critical_share`), the
+        lowest critical score (`threshold`) and `hist` = {log10_edges, counts}, the channels per
+        bin of log10(score / mean) (`methods.crvq.importance.score_histogram`). Absent for the
+        `random` rule and for plain-VQ fallbacks (no scores).
         """
         cfg = self.config
         start = time.perf_counter()
@@ -166,6 +170,9 @@ def _log_entry(name: str, cfg: CRVQConfig, result: CRVQResult, in_features: int,
         entry["importance_scores"] = {
             **{f"q{round(100 * p)}": v for p, v in zip(_QUANTILES, q)},
             "max": float(s.max()),
+            "mean": float(s.mean()),
             "critical_share": float(s[critical].sum() / s.sum().clamp_min(1e-300)),
+            "threshold": float(s[critical].min()),
+            "hist": {"log10_edges": list(HIST_LOG10_EDGES), "counts": score_histogram(s)},
         }
     return entry

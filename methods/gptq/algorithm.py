@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from harness.analysis.layers import relative_output_error  # re-exported: the shared definition
 from methods.rtn.algorithm import minmax_grid
 
 logger = logging.getLogger(__name__)
@@ -235,20 +236,3 @@ def gptq_quantize(
         damp=damp_used,
         num_dead=num_dead,
     )
-
-
-@torch.no_grad()
-def relative_output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
-    """tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ), computed in float64.
-
-    W, W_hat: [out, in]; H: [in, in]. Returns 0.0 when both traces are 0 and inf when only the
-    denominator is (a layer with no weight or no input energy).
-    """
-    W64 = W.detach().to(torch.float64)
-    H64 = H.detach().to(device=W64.device, dtype=torch.float64)
-    D = W_hat.detach().to(device=W64.device, dtype=torch.float64) - W64
-    num = float(((D @ H64) * D).sum())
-    den = float(((W64 @ H64) * W64).sum())
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den

@@ -110,7 +110,7 @@ def test_latex_groups_models_and_escapes() -> None:
 
 
 def test_csv_full_precision(store: ResultStore) -> None:
-    paths = write_report(store, tables=("csv",), plots=())
+    paths = write_report(store, tables=("csv",), plots=(), html=False)
     assert paths == [store.tables_dir / "results.csv"]
     csv = pd.read_csv(paths[0])
     assert list(csv["key"]) == ["ref0", "rtn4", "rtn3", "rtn2"]
@@ -119,8 +119,11 @@ def test_csv_full_precision(store: ResultStore) -> None:
 
 def test_plots_exist_and_are_valid(store: ResultStore) -> None:
     paths = write_report(store, tables=())
+    paths = [p for p in paths if p.parent == store.plots_dir]
     names = sorted(p.name for p in paths)
-    assert names == sorted(f"{MODEL}_{d}_ppl_vs_bits.{f}" for d in ("embedded", "wikitext2") for f in ("png", "svg"))
+    per_model = [f"{MODEL}_{d}_ppl_vs_bits.{f}" for d in ("embedded", "wikitext2") for f in ("png", "svg")]
+    pareto = [f"pareto_ppl_{d}_vs_{x}.{f}" for d in ("embedded", "wikitext2") for x in ("bits", "size") for f in ("png", "svg")]
+    assert names == sorted(per_model + pareto)
     for p in paths:
         assert p.parent == store.plots_dir
         data = p.read_bytes()

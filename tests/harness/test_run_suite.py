@@ -109,6 +109,9 @@ def test_failed_cell_is_recorded_and_suite_continues(tmp_path, tiny_llama_dir, e
     assert records["tiny/rtn"]["status"] == "ok"
     failures = (tmp_path / "results" / "tables").glob("*")
     assert any("boom" in p.read_text() for p in failures if p.suffix == ".md")
+    assert (tmp_path / "results" / "suites" / "e2e.yaml").read_text() == suite.read_text()  # kept for report.html
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "boom in" in page and "name: e2e" in page
 
 
 def test_sigkill_mid_cell_then_resume(tmp_path, tiny_llama_dir, eval_text_file, plugin_env):

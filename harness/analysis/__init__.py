@@ -1,0 +1,1 @@
+"""Analysis of finished records: uncertainty, paired comparisons, Pareto fronts, per-layer diagnostics."""

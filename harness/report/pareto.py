@@ -1,0 +1,178 @@
+"""Pareto views: quality against size, across every model and method of a results directory.
+
+One figure per quality metric (perplexity per dataset, lower is better; the average zero-shot
+accuracy, higher is better) and per size measure (measured bits per weight, ``bits``; the
+stored model size, ``metrics.size_bytes``). Every row of the results table is a point: colour
+per method (the unquantized reference in black), marker per model, an error bar of one standard
+deviation over seeds where a row has repeats. The Pareto frontier (no other point is at most
+as large and at least as good, one of them strictly) is drawn as a step line: the best quality
+reachable at each size. Written as ``plots/pareto_<metric>_vs_<x>.{png,svg}``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from harness.report.plots import _MARKERS, PLOT_FORMATS, _log_y, _minor, _plain, _render, _safe
+from harness.report.repeats import ACC_STD, PPL_STD
+from harness.report.tables import ACC_AVG, PPL_PREFIX
+from harness.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["pareto_front", "pareto_indices", "pareto_figure", "write_pareto_plots"]
+
+#: x measures (file-name part): results column and axis label.
+X_AXES = {
+    "bits": ("bits", "measured size (bits/weight)"),
+    "size": ("size_mb", "stored model size (MB, 10^6 bytes)"),
+}
+_REFERENCE_COLOUR = "black"
+
+
+def pareto_indices(x: Sequence[float], y: Sequence[float], *, minimize_y: bool = True) -> np.ndarray:
+    """Indices of the non-dominated points, sorted by x (then y). x is minimised; y minimised
+    (``minimize_y``) or maximised. Points with a non-finite coordinate are left out; of equal
+    points the first is kept; a point tied in x (or y) with a better one is dominated."""
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of the same length, got shapes {xs.shape} and {ys.shape}")
+    idx = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
+    if idx.size == 0:
+        return idx
+    cost = ys[idx] if minimize_y else -ys[idx]
+    order = np.lexsort((cost, xs[idx]))  # by x, then by cost; stable, so the first of equal points leads
+    sorted_cost = cost[order]
+    best_before = np.minimum.accumulate(np.concatenate(([np.inf], sorted_cost[:-1])))
+    return idx[order[sorted_cost < best_before]]
+
+
+def pareto_front(points: Sequence[tuple[float, float]], minimize_y: bool = True) -> list[tuple[float, float]]:
+    """The non-dominated ``(x, y)`` points sorted by x (x minimised; y minimised, or maximised
+    with ``minimize_y=False``); see :func:`pareto_indices`."""
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return [(float(arr[i, 0]), float(arr[i, 1])) for i in pareto_indices(arr[:, 0], arr[:, 1], minimize_y=minimize_y)]
+
+
+def _metric_info(column: str) -> tuple[str, str, bool, float]:
+    """(std column, y label, minimise, scale) of a ``ppl:<ds>`` or ``acc:avg`` column."""
+    if column.startswith(PPL_PREFIX):
+        dataset = column[len(PPL_PREFIX):]
+        return PPL_STD + dataset, f"perplexity on {dataset} (lower is better)", True, 1.0
+    return ACC_STD + column.split(":", 1)[1], "average zero-shot accuracy (%, higher is better)", False, 100.0
+
+
+def pareto_figure(results: pd.DataFrame, column: str, x: str = "bits", *, title: str | None = None) -> Figure | None:
+    """``column`` (``ppl:<dataset>`` or ``acc:avg``) against ``x`` (``bits`` or ``size``) for
+    every row of ``results`` (:func:`harness.report.tables.results_frame`), with the Pareto
+    frontier. Returns None when no row has both values finite."""
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    x_column, x_label = X_AXES[x]
+    std_column, y_label, minimize, y_scale = _metric_info(column)
+    xs = results[x_column].astype(float)
+    ys = results[column].astype(float) * y_scale
+    ok = np.isfinite(xs) & np.isfinite(ys) & (ys > 0 if minimize else True)
+    if not ok.any():
+        return None
+    dropped = int((results[column].notna() & ~ok).sum())
+    if dropped:
+        logger.warning("%s vs %s: %d point(s) with a non-finite value left out", column, x, dropped)
+    rows = results[ok]
+    xs, ys = xs[ok].to_numpy(), ys[ok].to_numpy()
+    stds = (rows[std_column].astype(float) * y_scale).to_numpy() if std_column in rows else np.full(len(rows), np.nan)
+    n = rows["n"].to_numpy() if "n" in rows else np.ones(len(rows), dtype=int)
+
+    fig = Figure(figsize=(8.4, 4.8), layout="constrained")
+    ax = fig.subplots()
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+    methods = sorted(rows.loc[~rows["reference"], "method"].unique())
+    models = list(dict.fromkeys(rows["model"]))
+    colour_of = {m: colours[i % len(colours)] for i, m in enumerate(methods)}
+    marker_of = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(models)}
+    for (_, row), px, py, sd, count in zip(rows.iterrows(), xs, ys, stds, n):
+        colour = _REFERENCE_COLOUR if row["reference"] else colour_of[row["method"]]
+        yerr = sd if count > 1 and math.isfinite(sd) else None
+        ax.errorbar(px, py, yerr=yerr, fmt=marker_of[row["model"]], color=colour, markersize=7, capsize=3,
+                    elinewidth=1.0, zorder=3, markerfacecolor="none" if row["reference"] else colour)
+    front = pareto_indices(xs, ys, minimize_y=minimize)
+    ax.step(xs[front], ys[front], where="post", color="0.35", linewidth=1.3, linestyle="--", zorder=2)
+    ax.plot(xs[front], ys[front], "o", markersize=13, markerfacecolor="none", markeredgecolor="0.35",
+            markeredgewidth=1.0, zorder=2)
+    for i in front:  # name the frontier's points
+        row = rows.iloc[i]
+        text = "unquantized" if row["reference"] else str(row["method"])
+        text += f" b{int(row['budget'])}" if not row["reference"] and pd.notna(row["budget"]) else ""
+        text = f"{row['model']} {text}" if len(models) > 1 else text
+        last = i == front[-1]  # the rightmost label goes to the left of its point, inside the axes
+        ax.annotate(text, (xs[i], ys[i]), xytext=(-7 if last else 7, 6), textcoords="offset points", fontsize=7,
+                    color="0.25", ha="right" if last else "left")
+
+    if minimize:
+        _log_y(ax, math.log10(max(ys.max() / ys.min(), 1.0)))
+    if xs.min() > 0 and xs.max() / xs.min() > (4 if x == "bits" else 10):
+        ax.set_xscale("log", base=2 if x == "bits" else 10)
+        ax.xaxis.set_major_formatter(FuncFormatter(_plain if x == "size" else lambda v, _p=None: f"{v:g}"))
+        if x == "size" and xs.max() / xs.min() < 100:
+            ax.xaxis.set_minor_formatter(FuncFormatter(_minor))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title or f"{y_label.split(' (')[0]} vs {x_label.split(' (')[0]}")
+    ax.grid(True, which="major", alpha=0.3)
+    handles = [Line2D([], [], color=colour_of[m], marker="o", linestyle="none", label=str(m)) for m in methods]
+    if rows["reference"].any():
+        handles.append(Line2D([], [], color=_REFERENCE_COLOUR, marker="o", markerfacecolor="none", linestyle="none",
+                              label="unquantized"))
+    if len(models) > 1:
+        handles += [Line2D([], [], color="0.4", marker=marker_of[m], linestyle="none", label=str(m)) for m in models]
+    handles.append(Line2D([], [], color="0.35", linestyle="--", marker="o", markerfacecolor="none",
+                          label="Pareto frontier"))
+    if (n > 1).any():
+        handles.append(Line2D([], [], color="0.4", marker="|", linestyle="none", markersize=10,
+                              label="± 1 std over seeds"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    return fig
+
+
+def pareto_path(out_dir: Path, column: str, x: str, fmt: str) -> Path:
+    """``<out_dir>/pareto_<metric>_vs_<x>.<fmt>``: metric ``ppl_<dataset>`` or ``acc_avg``."""
+    return Path(out_dir) / f"pareto_{_safe(column.replace(':', '_'))}_vs_{x}.{fmt}"
+
+
+def write_pareto_plots(
+    results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = PLOT_FORMATS, *, title: str | None = None
+) -> list[Path]:
+    """Every Pareto figure the results allow (perplexity per dataset; the average zero-shot
+    accuracy when some row has it; each against bits/weight and stored size), in each format."""
+    unknown = set(formats) - set(PLOT_FORMATS)
+    if unknown:
+        raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
+    columns = [c for c in results.columns if c.startswith(PPL_PREFIX)]
+    if ACC_AVG in results.columns and results[ACC_AVG].notna().any():
+        columns.append(ACC_AVG)
+    written: list[Path] = []
+    for column in columns:
+        for x in X_AXES:
+            heading = None
+            if title:
+                what = "average zero-shot accuracy" if column == ACC_AVG else f"{column[len(PPL_PREFIX):]} perplexity"
+                heading = f"{title} — {what} vs {'bits/weight' if x == 'bits' else 'model size'}"
+            fig = pareto_figure(results, column, x, title=heading)
+            if fig is None:
+                continue
+            for fmt in formats:
+                written.append(atomic_write_bytes(pareto_path(out_dir, column, x, fmt), _render(fig, fmt)))
+    return written
