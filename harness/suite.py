@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError, SuiteError
-from harness.registry import get_method, method_names
+from harness.registry import get_method
 from harness.tasks import PACK_TASKS, PAPER_TASKS
 
 #: Bump when the meaning of a record changes, so old records are not reused.

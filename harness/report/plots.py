@@ -130,7 +130,7 @@ def acc_vs_bits_figure(results: pd.DataFrame, model: str) -> Figure | None:
         ax.grid(True, alpha=0.3)
     for ax in axes[len(columns):]:
         ax.set_visible(False)
-    handles, labels = {}, {}
+    handles: dict = {}
     for ax in axes[: len(columns)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)

@@ -157,7 +157,6 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         batches.extend(c[len(TOK_PREFIX):] for c in throughput if c.startswith(TOK_PREFIX) and c[len(TOK_PREFIX):] not in batches)
         row.update(throughput)
         rows.append(row)
-    acc_columns = [ACC_PREFIX + t for t in tasks]
     columns = (
         _HEAD[:4] + ["seed"] + _HEAD[4:]
         + [p + d for d in datasets for p in (PPL_PREFIX, PPL_STD, PPL_LO, PPL_HI)]
