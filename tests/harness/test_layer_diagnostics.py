@@ -9,34 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from harness import MethodConfig, QuantizedLinear, Quantizer, StoredTensor
+from harness import MethodConfig, Quantizer
 from harness.analysis.layers import layer_table, relative_output_error
 from harness.models.adapters import get_adapter
 from harness.pipeline import HessianAccumulator, run_pipeline
 
-
-class ScaledLinear(QuantizedLinear):
-    """A dense float32 weight (a stand-in for a packed layer)."""
-
-    def __init__(self, in_features: int, out_features: int, bias=None):
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features))
-
-    def dequantize(self):
-        return self.weight
-
-    def stored_tensors(self):
-        return [StoredTensor("weight", self.weight, 32)]
-
-    def formula_bits(self):
-        return 32.0
-
-    def layer_config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features}
-
-    @classmethod
-    def from_layer_config(cls, config):
-        return cls(**config)
+from tests.fixtures.dense_linear import DenseLinear
 
 
 class ScaleConfig(MethodConfig):
@@ -51,7 +29,7 @@ class FinetuningQuantizer(Quantizer):
     requires_calibration = True
 
     def quantize_linear(self, linear, stats, ctx):
-        layer = ScaledLinear(linear.in_features, linear.out_features, linear.bias)
+        layer = DenseLinear(linear.in_features, linear.out_features, linear.bias)
         layer.weight.copy_(linear.weight.detach() * self.config.factor)
         return layer
 
@@ -61,7 +39,7 @@ class FinetuningQuantizer(Quantizer):
     def finetune_block(self, block, inputs, targets, ctx) -> None:
         assert targets is not None
         for module in block.modules():
-            if isinstance(module, ScaledLinear):
+            if isinstance(module, DenseLinear):
                 module.weight.mul_(0.5)
         ctx.log.append({"finetune_epochs": 1})
 

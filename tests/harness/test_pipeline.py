@@ -7,33 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness import LayerStats, MethodConfig, QuantContext, QuantizedLinear, Quantizer, StoredTensor
+from harness import LayerStats, MethodConfig, QuantContext, QuantizedLinear, Quantizer
 from harness.models.adapters import get_adapter, iter_block_linears
 from harness.pipeline import run_pipeline
 
-
-class DenseLinear(QuantizedLinear):
-    """Stores the weight times a factor in float32 (a stand-in for a packed layer)."""
-
-    def __init__(self, in_features: int, out_features: int, bias=None):
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", torch.zeros(out_features, in_features))
-
-    def dequantize(self):
-        return self.weight
-
-    def stored_tensors(self):
-        return [StoredTensor("weight", self.weight, 32)]
-
-    def formula_bits(self):
-        return 32.0
-
-    def layer_config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features}
-
-    @classmethod
-    def from_layer_config(cls, config):
-        return cls(**config)
+from tests.fixtures.dense_linear import DenseLinear
 
 
 class RecordingConfig(MethodConfig):
