@@ -115,6 +115,25 @@ def _checkpointed(blocks: nn.ModuleList, enabled: bool) -> Iterator[None]:
             del block.forward  # the instance attribute; the class method is back
 
 
+def restore_state(
+    params: list[nn.Parameter],
+    *,
+    snapshot: list[torch.Tensor],
+    best_state: list[torch.Tensor],
+    validated: bool,
+    keep_best: bool,
+    diverged: bool,
+) -> None:
+    """End of a fine-tuning run: put back the best validated state (when there is a validation
+    split and `keep_best`, or the run diverged), else the starting `snapshot` if the run
+    diverged without validation; otherwise keep the parameters as trained."""
+    restore = best_state if validated and (keep_best or diverged) else snapshot if diverged else None
+    if restore is not None:
+        with torch.no_grad():
+            for p, value in zip(params, restore):
+                p.copy_(value)
+
+
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher ‖ student) per token, mean over all positions (float32). Both [..., vocab]."""
     log_p = F.log_softmax(teacher_logits.float(), dim=-1)
@@ -197,11 +216,8 @@ def finetune_e2e(
                     if bad >= spec.patience:
                         break
         bar.close()
-        restore = best_state if n_val and (spec.keep_best or diverged) else snapshot if diverged else None
-        if restore is not None:
-            with torch.no_grad():
-                for p, value in zip(params, restore):
-                    p.copy_(value)
+        restore_state(params, snapshot=snapshot, best_state=best_state, validated=bool(n_val),
+                      keep_best=spec.keep_best, diverged=diverged)
         optimizer.zero_grad(set_to_none=True)
     return {
         "epochs": epochs, "best_epoch": best_epoch, "diverged": diverged,

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.reference import Reference, ReferenceEntry
-from harness.report.tables import latex_escape
+from harness.report.tables import latex_escape, latex_model_groups, latex_spanners
 from harness.store import ResultStore, atomic_write_text
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 
@@ -221,34 +221,22 @@ def paper_latex(frame: pd.DataFrame, *, metric: str = "acc", reference: Referenc
     if reference is not None:
         lines += [f"% [{k}] {s.title}" + (f" {s.url}" if s.url else "") for k, s in reference.sources.items()]
     lines += [rf"\begin{{tabular}}{{l{'r' * (len(columns) - 1)}}}", r"\toprule"]
-    spans = []
-    for name, group in ((r"Perplexity ($\downarrow$)", ppl), (r"Zero-shot accuracy (\%, $\uparrow$)", zs)):
-        if group:
-            first = columns.index(group[0]) + 1
-            spans.append((first, first + len(group) - 1, name))
-    if spans:
-        cells, at = [], 1
-        for first, last, name in spans:
-            cells += [""] * (first - at) + [rf"\multicolumn{{{last - first + 1}}}{{c}}{{{name}}}"]
-            at = last + 1
-        lines.append(" & ".join(cells) + r" \\")
-        lines.append(" ".join(rf"\cmidrule(lr){{{f}-{l}}}" for f, l, _ in spans))
+    lines += latex_spanners(columns, [(r"Perplexity ($\downarrow$)", ppl), (r"Zero-shot accuracy (\%, $\uparrow$)", zs)])
     lines += [" & ".join(latex_escape(headers.get(c, c)) for c in columns) + r" \\", r"\midrule"]
-    for i, (model, group) in enumerate(frame.groupby("model", sort=False)):
-        if i:
-            lines.append(r"\midrule")
-        lines.append(rf"\multicolumn{{{len(columns)}}}{{l}}{{\textbf{{{latex_escape(str(model))}}}}} \\")
-        for _, row in group.iterrows():
-            cells = []
-            for c in columns:
-                text = _cell(c, row[c], row["kind"])
-                text = latex_escape(text).replace("Δ", r"$\Delta$") if c == "method" else {"-": "--"}.get(text, text)
-                if row["kind"] == "published":
-                    text = rf"\textit{{{text}}}"
-                cells.append(text)
-            if row["kind"] != "result":
-                cells[0] = r"\quad " + cells[0]
-            lines.append(" & ".join(cells) + r" \\")
+
+    def row_cells(row: pd.Series) -> list[str]:
+        cells = []
+        for c in columns:
+            text = _cell(c, row[c], row["kind"])
+            text = latex_escape(text).replace("Δ", r"$\Delta$") if c == "method" else {"-": "--"}.get(text, text)
+            if row["kind"] == "published":
+                text = rf"\textit{{{text}}}"
+            cells.append(text)
+        if row["kind"] != "result":
+            cells[0] = r"\quad " + cells[0]
+        return cells
+
+    lines += latex_model_groups(frame, len(columns), row_cells)
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 

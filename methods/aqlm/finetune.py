@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.finetune_e2e import tunable_parameters
+from harness.finetune_e2e import restore_state, tunable_parameters
 
 __all__ = ["finetune_block", "trainable_block"]
 
@@ -133,11 +133,8 @@ def finetune_block(
                     bad += 1
                     if bad >= patience:
                         break
-        restore = best_state if val and (keep_best or diverged) else snapshot if diverged else None
-        if restore is not None:
-            with torch.no_grad():
-                for p, value in zip(params, restore):
-                    p.copy_(value)
+        restore_state(params, snapshot=snapshot, best_state=best_state, validated=bool(val),
+                      keep_best=keep_best, diverged=diverged)
         optimizer.zero_grad(set_to_none=True)
     return {
         "finetune_epochs": epochs,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from tests.fixtures.harness_cli import harness_env, read_records, run_harness
+from tests.fixtures.harness_cli import harness_env, read_records, run_harness, write_tiny_suite
 
 pytest.importorskip("submitit")
 
@@ -20,19 +20,7 @@ def env(tmp_path):
 
 
 def _suite(path: Path, model_dir: Path, text_file: Path, methods: str, executor: str) -> Path:
-    path.write_text(
-        f"""
-name: slurm-test
-models: [{{id: {model_dir}, name: tiny}}]
-methods:
-{methods}
-evaluations:
-  perplexity: {{datasets: [{text_file}], seqlen: 64, max_windows: 4}}
-report: {{tables: [markdown], plots: []}}
-executor: {executor}
-"""
-    )
-    return path
+    return write_tiny_suite(path, "slurm-test", model_dir, text_file, methods, f"executor: {executor}")
 
 
 _run, _records = run_harness, read_records

@@ -17,26 +17,13 @@ from harness.executors.attempt import run_attempt
 from harness.store import ResultStore
 from harness.suite import load_suite, resolve_cells
 from tests.fixtures import toy_plugin
-from tests.fixtures.harness_cli import harness_env
+from tests.fixtures.harness_cli import harness_env, write_tiny_suite
 
 N_KILLS = 20
 
 
 def _suite(tmp_path: Path, model_dir: Path, text_file: Path, methods: str, extra: str = "") -> Path:
-    path = tmp_path / "faults.yaml"
-    path.write_text(
-        f"""
-name: faults
-models: [{{id: {model_dir}, name: tiny}}]
-methods:
-{methods}
-evaluations:
-  perplexity: {{datasets: [{text_file}], seqlen: 64, max_windows: 4}}
-report: {{tables: [markdown], plots: []}}
-{extra}
-"""
-    )
-    return path
+    return write_tiny_suite(tmp_path / "faults.yaml", "faults", model_dir, text_file, methods, extra)
 
 
 @pytest.fixture
