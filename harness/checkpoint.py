@@ -2,8 +2,11 @@
 
 Layout of a saved model directory:
   config.json, tokenizer files      the HF model config and tokenizer
-  model.safetensors                 every stored tensor; non-quantized floats in `storage_dtype`,
-                                    tied weights stored once
+  model.safetensors                 every stored tensor, tied weights once; non-quantized floats in
+                                    `storage_dtype` (float16, the deployment format the size is
+                                    measured in), or with `exact=True` in `storage_dtype` only
+                                    where that round-trips exactly and in their own dtype otherwise
+                                    (the reloaded model is then exactly the evaluated one)
   quantization.json                 for each packed layer: its class and `layer_config()`
 """
 from __future__ import annotations
@@ -30,7 +33,18 @@ def _packed_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
 
 
-def _unique_state(model: nn.Module, storage_dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _storable(tensor: torch.Tensor, storage_dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` in `storage_dtype` if that loses nothing, else unchanged: the saved model is
+    exactly the evaluated one, and as small as the deployment format wherever that is exact."""
+    if tensor.dtype == storage_dtype:
+        return tensor
+    narrowed = tensor.to(storage_dtype)
+    return narrowed if torch.equal(narrowed.to(tensor.dtype), tensor) else tensor
+
+
+def _unique_state(
+    model: nn.Module, storage_dtype: torch.dtype, exact: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict with shared tensors stored once; returns (tensors, alias -> stored name)."""
     packed_prefixes = tuple(f"{n}." for n in _packed_layers(model))
     tensors: dict[str, torch.Tensor] = {}
@@ -43,23 +57,33 @@ def _unique_state(model: nn.Module, storage_dtype: torch.dtype) -> tuple[dict[st
             continue
         seen[ident] = name
         if tensor.is_floating_point() and not name.startswith(packed_prefixes):
-            tensor = tensor.to(storage_dtype)
+            tensor = _storable(tensor, storage_dtype) if exact else tensor.to(storage_dtype)
         tensors[name] = tensor.detach().contiguous().cpu()
     return tensors, aliases
 
 
 def save_quantized(
-    model: nn.Module, path: str | os.PathLike, *, tokenizer: Any = None, storage_dtype: torch.dtype = torch.float16
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    storage_dtype: torch.dtype = torch.float16,
+    exact: bool = False,
 ) -> int:
-    """Write `model` to directory `path` atomically; returns its size on disk in bytes."""
+    """Write `model` to directory `path` atomically; returns its size on disk in bytes.
+
+    By default non-quantized floats are rounded to `storage_dtype` (the deployment format);
+    `exact=True` keeps any tensor that rounding would change in its own dtype.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tensors, aliases = _unique_state(model, storage_dtype)
+        tensors, aliases = _unique_state(model, storage_dtype, exact)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         manifest = {
             "storage_dtype": str(storage_dtype).removeprefix("torch."),
+            "exact": exact,
             "aliases": aliases,
             "layers": {
                 name: {"class": layer_class_path(layer), "config": layer.layer_config()}

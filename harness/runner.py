@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -217,14 +218,11 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
 
     bits = count_bits(model, linear_names=linear_names)
     saved_model = None
-    if cell.save_model:
+    if cell.save_model:  # exactly the evaluated model, for reloading, inspection and export
         saved_model = store.model_dir(cell.key)
-        size_bytes = save_quantized(model, saved_model, tokenizer=tokenizer)
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            size_bytes = save_quantized(model, Path(tmp) / "model")
+        save_quantized(model, saved_model, tokenizer=tokenizer, exact=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the size is that of the float16 deployment format
+        size_bytes = save_quantized(model, Path(tmp) / "model")
 
     metrics: dict[str, Any] = {
         "bits": bits["bits"],

@@ -3,6 +3,7 @@ checkpoints (resume), bit counting of the whole model, save and reload."""
 from __future__ import annotations
 
 import torch
+from safetensors import safe_open
 
 from harness.checkpoint import load_quantized, save_quantized
 from harness.metrics.bits import count_bits
@@ -65,3 +66,13 @@ def test_pipeline_resume_bits_and_reload(tiny_llama_dir, tmp_path):
         assert isinstance(again, CRVQLinear) and torch.equal(again.perm, layer.perm)
         assert torch.equal(again.dequantize(), layer.dequantize())
     torch.testing.assert_close(_logits(reloaded, ids), expected, rtol=1e-2, atol=1e-2)
+    assert not torch.equal(_logits(reloaded, ids), expected)  # the float32 embedding was rounded
+
+    # exact=True: what float16 would change stays float32, so the reload is the evaluated model
+    deploy_bytes = (tmp_path / "saved" / "model.safetensors").stat().st_size
+    save_quantized(model, tmp_path / "exact", exact=True)
+    exact = load_quantized(tmp_path / "exact")
+    assert torch.equal(_logits(exact, ids), expected)
+    stored = safe_open(str(tmp_path / "exact" / "model.safetensors"), "pt")
+    assert stored.get_tensor("model.embed_tokens.weight").dtype == torch.float32
+    assert (tmp_path / "exact" / "model.safetensors").stat().st_size > deploy_bytes
