@@ -8,6 +8,11 @@ tasks first) and their average. Zero-shot results are read from `metrics.zero_sh
 them just leave those cells empty. The average is recomputed over the shown tasks with the
 chosen metric, and only for rows that have all of them.
 
+Repeats of one configuration with other seeds (`seeds:` in the suite; grouped as in the results
+table, :func:`harness.report.repeats.repeat_group`) are one row: the mean over seeds, shown as
+`mean ± std` with the number of seeds in an `n` column (`std:<column>` holds the standard
+deviations in the frame); a table without repeats has neither.
+
 With a reference file (`harness.report.reference`), every result row that an entry matches is
 followed by the published row and a delta row (ours minus published: perplexity points,
 accuracy percentage points); entries matching no result are listed at the end of their model's
@@ -23,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.reference import Reference, ReferenceEntry
+from harness.report.repeats import record_seed, repeat_group
 from harness.report.tables import latex_escape, latex_model_groups, latex_spanners
 from harness.store import ResultStore, atomic_write_text
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
@@ -35,7 +41,7 @@ _TASK_HEADERS = {"winogrande": "WinoGrande", "piqa": "PIQA", "hellaswag": "Hella
 _DATASET_HEADERS = {"wikitext2": "Wiki2", "c4": "C4", "ptb": "PTB"}
 _METHOD_NAMES = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
 _METHOD_ORDER = {"none": 0, "rtn": 1, "gptq": 2, "aqlm": 3, "crvq": 4}
-PPL, ZS, AVG = "ppl:", "zs:", "zs:avg"
+PPL, ZS, AVG, STD = "ppl:", "zs:", "zs:avg", "std:"
 METRICS = ("acc", "acc_norm")
 
 
@@ -71,6 +77,20 @@ def _num(value: Any) -> float:
         return float(value) if value is not None else math.nan
     except (TypeError, ValueError):
         return math.nan
+
+
+def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
+    """One row from the rows of one configuration's seeds: means, `std:<column>` (NaN for one
+    seed or where a seed lacks the value) and `n`."""
+    out = dict(rows[0], n=len(rows))
+    if len(rows) == 1:
+        return out
+    for c in columns[3:]:
+        values = [_num(row.get(c)) for row in rows]
+        out[c] = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
+        if c.startswith((PPL, ZS)):
+            out[STD + c] = math.nan if math.isnan(out[c]) else float(pd.Series(values).std(ddof=1))
+    return out
 
 
 # --------------------------------------------------------------------------- the frame
@@ -123,10 +143,16 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
             row[c] = ours.get(c, math.nan) - published.get(c, math.nan) if c != "stored_bits" else math.nan
         return row
 
-    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    repeats: dict[str, list[dict[str, Any]]] = {}
     for r in ok:
-        row = with_average(result_row(r))
-        groups.setdefault(row["model"], []).append((r, row))
+        repeats.setdefault(repeat_group(r), []).append(r)
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for members in repeats.values():
+        members.sort(key=lambda r: (record_seed(r) is None, record_seed(r) or 0))
+        row = _mean_over_seeds([with_average(result_row(r)) for r in members], columns)
+        groups.setdefault(row["model"], []).append((members[0], row))
+    if any(row["n"] > 1 for members in groups.values() for _, row in members):
+        columns += ["n", *(STD + c for c in columns[5:])]
     rows: list[dict[str, Any]] = []
     used: set[int] = set()
     for model, members in groups.items():
@@ -154,7 +180,7 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
 # --------------------------------------------------------------------------- rendering
 
 def _headers(frame: pd.DataFrame) -> dict[str, str]:
-    out = {"model": "Model", "method": "Method", "bits": "Bits", "stored_bits": "Stored bits", AVG: "Avg"}
+    out = {"model": "Model", "method": "Method", "bits": "Bits", "stored_bits": "Stored bits", AVG: "Avg", "n": "n"}
     for c in frame.columns:
         if c.startswith(PPL):
             out[c] = _DATASET_HEADERS.get(c[len(PPL):], c[len(PPL):])
@@ -163,27 +189,37 @@ def _headers(frame: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def _cell(column: str, value: Any, kind: str) -> str:
+def _cell(column: str, row: pd.Series) -> str:
+    """The text of one cell; `mean ± std` for a result over several seeds."""
+    value, kind = row[column], row["kind"]
     if isinstance(value, str):
         return value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if column == "n":
+        return str(int(value))
     spec = "{:.3f}" if column in ("bits", "stored_bits") else "{:.2f}"
     text = spec.format(value)
-    return ("+" + text if value > 0 else text) if kind == "delta" else text
+    if kind == "delta":
+        return "+" + text if value > 0 else text
+    std = row.get(STD + column, math.nan)
+    return f"{text} ± {spec.format(std)}" if isinstance(std, float) and math.isfinite(std) else text
 
 
 def _shown(frame: pd.DataFrame) -> list[str]:
-    """Columns to show: drop `stored_bits` when every row lacks it."""
-    return [c for c in frame.columns if c != "kind" and not (c == "stored_bits" and frame[c].isna().all())]
+    """Columns to show: drop `stored_bits` when every row lacks it, and the std columns (shown
+    inside their main column)."""
+    return [c for c in frame.columns if c != "kind" and not c.startswith(STD)
+            and not (c == "stored_bits" and frame[c].isna().all())]
 
 
 def _legend(metric: str) -> str:
     return (f"Perplexity (↓) per dataset at each record's seqlen; zero-shot accuracy (↑) in percent "
             f"(`{metric}`), Avg over the shown tasks. Bits: the method paper's accounting (`bits_paper`); "
-            f"stored bits: every stored bit of the quantized layers (`bits`).")
+            f"stored bits: every stored bit of the quantized layers (`bits`). Rows with n > 1 are means "
+            f"over n seeds ± their standard deviation.")
 
 
 def paper_markdown(frame: pd.DataFrame, *, title: str, metric: str = "acc", reference: Reference | None = None) -> str:
@@ -195,7 +231,7 @@ def paper_markdown(frame: pd.DataFrame, *, title: str, metric: str = "acc", refe
     lines = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
              "|" + "|".join(":---" if c in ("model", "method") else "---:" for c in columns) + "|"]
     for _, row in frame.iterrows():
-        cells = [_cell(c, row[c], row["kind"]).replace("|", "\\|") for c in columns]
+        cells = [_cell(c, row).replace("|", "\\|") for c in columns]
         if row["kind"] == "published":
             cells[1] = f"*{cells[1]}*"
         lines.append("| " + " | ".join(cells) + " |")
@@ -227,7 +263,7 @@ def paper_latex(frame: pd.DataFrame, *, metric: str = "acc", reference: Referenc
     def row_cells(row: pd.Series) -> list[str]:
         cells = []
         for c in columns:
-            text = _cell(c, row[c], row["kind"])
+            text = _cell(c, row).replace("±", r"$\pm$")
             text = latex_escape(text).replace("Δ", r"$\Delta$") if c == "method" else {"-": "--"}.get(text, text)
             if row["kind"] == "published":
                 text = rf"\textit{{{text}}}"

@@ -142,3 +142,27 @@ def test_write_and_cli(tmp_path, reference):
                            "--reference", str(bad)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "bad.yaml" in proc.stderr and "not one of the `sources` keys" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_seeds_of_one_configuration_are_one_row_with_mean_and_std():
+    def seeded(seed: int, ppl: float, shift: float) -> dict:
+        record = _record(f"c1s{seed}", "crvq", bits=1.0665, ppl={"wikitext2": ppl}, zero_shot=shift)
+        record["cell"] = {"method": "crvq", "params": {}, "seed": seed, "calibration": {"seed": seed}}
+        return record
+
+    records = [_record("ref", "none", bits=16.0, ppl={"wikitext2": 5.12}, zero_shot=0.0),
+               seeded(2, 9.0, -0.02), seeded(0, 8.0, -0.06), seeded(1, 8.5, -0.04)]
+    frame = paper_frame(records)
+    assert list(frame["method"]) == ["Unquantized", "CRVQ"]
+    crvq = frame.iloc[1]
+    assert crvq["n"] == 3 and frame.iloc[0]["n"] == 1
+    assert crvq["ppl:wikitext2"] == pytest.approx(8.5) and crvq["std:ppl:wikitext2"] == pytest.approx(0.5)
+    assert crvq["zs:piqa"] == pytest.approx(66.0) and crvq["std:zs:piqa"] == pytest.approx(2.0)
+    assert crvq["zs:avg"] == pytest.approx(frame.iloc[0]["zs:avg"] - 4.0)
+    md = paper_markdown(frame, title="Seeds")
+    assert "| 8.50 ± 0.50 |" in md and "| 66.00 ± 2.00 |" in md and " n |" in md.splitlines()[4]
+    assert "| 5.12 |" in md  # one seed: no spread
+    tex = paper_latex(frame)
+    assert r"8.50 $\pm$ 0.50" in tex and "std:" not in tex
+    # without repeats the frame has no n or std columns
+    assert "n" not in paper_frame(records[:2]).columns
