@@ -29,7 +29,7 @@ import pandas as pd
 
 from harness.report.reference import Reference, ReferenceEntry
 from harness.report.repeats import record_seed, repeat_group
-from harness.report.tables import latex_escape, latex_model_groups, latex_spanners
+from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.store import ResultStore, atomic_write_text
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.report.plots import _MARKERS, PLOT_FORMATS, _log_y, _minor, _plain, _render, _safe
 from harness.report.repeats import ACC_STD, PPL_STD
-from harness.report.tables import ACC_AVG, PPL_PREFIX
+from harness.report.frames import ACC_AVG, PPL_PREFIX
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def _metric_info(column: str) -> tuple[str, str, bool, float]:
 
 def pareto_figure(results: pd.DataFrame, column: str, x: str = "bits", *, title: str | None = None) -> Figure | None:
     """``column`` (``ppl:<dataset>`` or ``acc:avg``) against ``x`` (``bits`` or ``size``) for
-    every row of ``results`` (:func:`harness.report.tables.results_frame`), with the Pareto
+    every row of ``results`` (:func:`harness.report.frames.results_frame`), with the Pareto
     frontier. Returns None when no row has both values finite."""
     from matplotlib import rcParams
     from matplotlib.figure import Figure

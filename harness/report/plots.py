@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.report.tables import ACC_AVG, ACC_PREFIX, PPL_PREFIX
+from harness.report.frames import ACC_AVG, ACC_PREFIX, PPL_PREFIX
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _finite(values: pd.Series) -> pd.Series:
 def ppl_vs_bits_figure(results: pd.DataFrame, model: str, dataset: str) -> Figure | None:
     """Perplexity on ``dataset`` vs measured bits/weight for ``model``.
 
-    ``results`` is :func:`harness.report.tables.results_frame`. One line+marker series per
+    ``results`` is :func:`harness.report.frames.results_frame`. One line+marker series per
     method (sorted by bits); each reference row (``reference`` true) is a dashed horizontal
     line labelled with its perplexity. Points with missing bits or non-finite perplexity
     (a diverged cell) are left out. Returns None when nothing is left to plot.

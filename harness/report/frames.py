@@ -1,0 +1,251 @@
+"""Result frames: the records of a results store as pandas frames, one row per finished cell
+(or per configuration, repeats over seeds aggregated), and the failed cells and evaluations."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from harness.report.repeats import (
+    ACC_SE,
+    ACC_STD,
+    PPL_HI,
+    PPL_LO,
+    PPL_STD,
+    TOK_MAX,
+    TOK_MIN,
+    TOK_PREFIX,
+    aggregate_repeats,
+    ppl_interval,
+    record_seed,
+    throughput_columns,
+    window_nll,
+    zero_shot_se_average,
+)
+
+__all__ = [
+    "ACC_AVG", "ACC_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame", "failures_frame",
+    "params_strings", "records_frame", "results_frame", "zero_shot_tasks",
+]
+
+PPL_PREFIX = "ppl:"
+#: Zero-shot accuracy columns (fractions in the frame and the CSV, percent in Markdown/LaTeX).
+ACC_PREFIX = "acc:"
+ACC_AVG = ACC_PREFIX + "avg"
+#: Frame columns before the per-dataset perplexity columns, and after them.
+_HEAD = ["model", "method", "budget", "params", "bits", "bits_paper", "model_bits", "size_mb"]
+_TAIL = ["quantize_s", "reference", "key"]
+#: Short names for common parameters in the params column.
+_ABBREV = {"group_size": "g", "groupsize": "g"}
+_MESSAGE_CHARS = 300
+
+
+def _is_reference(record: dict[str, Any]) -> bool:
+    return bool(record.get("reference", record.get("method") == "none"))
+
+
+def _model_label(record: dict[str, Any]) -> str:
+    model = record.get("model") or {}
+    return str(model.get("label") or str(record.get("label", "?")).split("/")[0])
+
+
+def _method_label(record: dict[str, Any]) -> str:
+    return str(record.get("method_label") or record.get("method") or "?")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def params_strings(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """A short ``"bits=2 g=64"`` per record key: only the params that differ between cells of
+    the same method (so a method run once gets an empty string)."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_method.setdefault(_method_label(r), []).append(r)
+    out: dict[str, str] = {}
+    missing = object()
+    for group in by_method.values():
+        params = [r.get("params") or {} for r in group]
+        names = list(dict.fromkeys(k for p in params for k in p))  # config field order
+        varying = [
+            k for k in names
+            if len({_format_value(p[k]) if k in p else missing for p in params}) > 1
+        ]
+        for r, p in zip(group, params):
+            out[r["key"]] = " ".join(f"{_ABBREV.get(k, k)}={_format_value(p[k])}" for k in varying if k in p)
+    return out
+
+
+def _num(value: Any) -> float:
+    """A float, NaN for missing; ``inf`` stays ``inf``."""
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def zero_shot_tasks(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{task: {acc, acc_norm, ..., error}}`` of a record's zero-shot evaluation (empty if none)."""
+    zs = (record.get("metrics") or {}).get("zero_shot") or {}
+    tasks = zs.get("tasks") if isinstance(zs, dict) else None
+    return {t: v for t, v in (tasks or {}).items() if isinstance(v, dict)}
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per ``ok`` record; columns ``model, method, budget, params, seed, bits,
+    bits_paper, model_bits, size_mb`` (10^6 bytes); per dataset ``ppl:<dataset>`` with
+    ``ppl_std:`` (NaN here), ``ppl_lo:`` and ``ppl_hi:`` (95% bootstrap interval over the
+    evaluation windows); per zero-shot task ``acc:<task>`` (a fraction) with ``acc_std:`` (NaN
+    here) and ``acc_se:`` (lm-eval's standard error), and ``acc:avg`` (the mean over the tasks
+    that some row has; NaN for a row that misses one); per throughput batch size ``tok/s:b<n>``
+    with ``tok/s_min:``/``tok/s_max:`` (see :mod:`harness.report.repeats`); ``quantize_s``
+    (seconds), then ``reference`` and ``key``.
+
+    Sorted by model, the reference first, then method, then bits descending, then seed.
+    """
+    ok = [r for r in records if r.get("status") == "ok"]
+    params = params_strings(ok)
+    datasets: list[str] = []
+    tasks: list[str] = []
+    batches: list[str] = []
+    rows = []
+    for r in ok:
+        metrics = r.get("metrics") or {}
+        ppl = metrics.get("perplexity") or {}
+        datasets.extend(d for d in ppl if d not in datasets)
+        size = _num(metrics.get("size_bytes"))
+        row = {
+            "model": _model_label(r),
+            "method": _method_label(r),
+            "budget": r.get("budget"),
+            "params": params[r["key"]],
+            "seed": record_seed(r),
+            "bits": _num(metrics.get("bits")),
+            "bits_paper": _num(metrics.get("bits_paper")),
+            "model_bits": _num(metrics.get("model_bits")),
+            "size_mb": size / 1e6,
+            "quantize_s": _num((r.get("timings") or {}).get("quantize_s")),
+            "reference": _is_reference(r),
+            "key": r["key"],
+        }
+        for d, v in ppl.items():
+            row[PPL_PREFIX + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+            row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([window_nll(r, d)])
+        for t, v in zero_shot_tasks(r).items():
+            if t not in tasks:
+                tasks.append(t)
+            row[ACC_PREFIX + t] = _num(v.get("acc"))
+            row[ACC_SE + t] = _num(v.get("acc_stderr"))
+        throughput = throughput_columns(r)
+        batches.extend(c[len(TOK_PREFIX):] for c in throughput if c.startswith(TOK_PREFIX) and c[len(TOK_PREFIX):] not in batches)
+        row.update(throughput)
+        rows.append(row)
+    columns = (
+        _HEAD[:4] + ["seed"] + _HEAD[4:]
+        + [p + d for d in datasets for p in (PPL_PREFIX, PPL_STD, PPL_LO, PPL_HI)]
+        + [p + t for t in [*tasks, "avg"] if tasks for p in (ACC_PREFIX, ACC_STD, ACC_SE)]
+        + [p + b for b in batches for p in (TOK_PREFIX, TOK_MIN, TOK_MAX)]
+        + _TAIL
+    )
+    frame = pd.DataFrame(rows, columns=columns)
+    if tasks:  # over the tasks some row has (a task that failed everywhere does not blank the average)
+        measured = [t for t in tasks if frame[ACC_PREFIX + t].notna().any()]
+        if measured:
+            frame[ACC_AVG] = frame[[ACC_PREFIX + t for t in measured]].astype(float).mean(axis=1, skipna=False)
+            se = frame[[ACC_SE + t for t in measured]].astype(float)
+            frame[ACC_SE + "avg"] = [zero_shot_se_average(values) for values in se.to_numpy()]
+        else:
+            frame[ACC_AVG] = math.nan
+    frame["budget"] = frame["budget"].astype("Int64")
+    frame["seed"] = frame["seed"].astype("Int64")
+    frame["reference"] = frame["reference"].astype(bool)
+    if frame.empty:
+        return frame
+    frame["_order"] = ~frame["reference"]
+    frame = frame.sort_values(
+        ["model", "_order", "method", "bits", "params", "seed"],
+        ascending=[True, True, True, False, True, True],
+        na_position="last",
+        kind="stable",
+    )
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per configuration: the ``ok`` records that differ only by seed are aggregated
+    (:func:`harness.report.repeats.aggregate_repeats`). Columns as in :func:`records_frame`,
+    with ``n`` (seeds) in place of ``seed``, and ``seeds`` and ``keys`` at the end; numbers
+    are means over the seeds, ``ppl_std:``/``acc_std:`` their standard deviations, and the
+    perplexity interval is bootstrapped over windows and seeds. ``key`` is the first seed's.
+
+    Sorted by model, the reference first, then method, then bits descending.
+    """
+    records = list(records)
+    return aggregate_results(records_frame(records), records)
+
+
+def aggregate_results(by_record: pd.DataFrame, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """:func:`results_frame` from an already built :func:`records_frame` of ``records``."""
+    frame = aggregate_repeats(by_record, records)
+    columns = list(frame.columns)
+    columns.remove("n")
+    columns.insert(columns.index("params") + 1, "n")
+    frame = frame[columns].copy()
+    if not frame.empty:
+        frame["budget"] = frame["budget"].astype("Int64")
+        frame["reference"] = frame["reference"].astype(bool)
+    return frame.reset_index(drop=True)
+
+
+def failures_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record whose status is not ``ok``: ``cell`` (label), ``params``, ``error``
+    (type and first line of the message, truncated) and ``key``."""
+    records = list(records)
+    params = params_strings(records)
+    rows = []
+    for r in records:
+        if r.get("status") == "ok":
+            continue
+        error = r.get("error") or {}
+        message = " ".join(str(error.get("message") or "").split())
+        if len(message) > _MESSAGE_CHARS:
+            message = message[: _MESSAGE_CHARS - 1] + "…"
+        kind = error.get("type") or "unknown error"
+        rows.append({
+            "cell": str(r.get("label", r["key"])),
+            "params": params[r["key"]],
+            "error": f"{kind}: {message}" if message else kind,
+            "key": r["key"],
+        })
+    return pd.DataFrame(rows, columns=["cell", "params", "error", "key"])
+
+
+def evaluation_errors_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per evaluation that failed inside an ``ok`` record (e.g. a zero-shot task whose
+    dataset is not reachable): ``cell``, ``evaluation`` (``zero_shot:<task>``), ``error``, ``key``."""
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        zs = (r.get("metrics") or {}).get("zero_shot") or {}
+        errors = [("zero_shot", zs.get("error"))] if isinstance(zs, dict) and zs.get("error") else []
+        errors += [(f"zero_shot:{t}", v.get("error")) for t, v in zero_shot_tasks(r).items() if v.get("error")]
+        for evaluation, error in errors:
+            message = " ".join(str(error.get("message") or "").split())
+            if len(message) > _MESSAGE_CHARS:
+                message = message[: _MESSAGE_CHARS - 1] + "…"
+            rows.append({"cell": str(r.get("label", r["key"])), "evaluation": evaluation,
+                         "error": f"{error.get('type') or 'error'}: {message}", "key": r["key"]})
+    return pd.DataFrame(rows, columns=["cell", "evaluation", "error", "key"])
