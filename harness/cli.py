@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -91,7 +91,7 @@ def run(
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
     records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
-                         compare=suite.report.compare)
+                         compare=suite.report.compare, sweeps=suite.report.sweeps)
     _print_records(records)
     for p in paths:
         out.print(f"wrote {p}")
@@ -140,6 +140,24 @@ def list_methods() -> None:
         out.print()
 
 
+def _saved_report_specs(store: Any) -> list[Any]:
+    """The `report:` sections of the suite copies a results directory keeps (unreadable or
+    invalid ones are skipped with a warning: they only supply defaults)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from harness.suite import ReportSpec
+
+    specs = []
+    for path in store.suite_files():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            specs.append(ReportSpec.model_validate(raw.get("report") or {}))
+        except (OSError, yaml.YAMLError, ValidationError, AttributeError) as exc:
+            logging.getLogger(__name__).warning("%s: its report settings are not used (%s)", path, str(exc).splitlines()[0])
+    return specs
+
+
 @app.command()
 def report(
     results_dir: Path = typer.Argument(..., metavar="RESULTS_DIR"),
@@ -148,9 +166,12 @@ def report(
     zero_shot_metric: str = typer.Option("acc", "--zero-shot-metric", help="acc | acc_norm (paper layout)"),
     html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (tables, plots, suite, environment in one offline page)"),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="BASE:AGAINST method labels: paired comparison in tables/compare.{md,csv} (repeatable)"),
+    sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="METHOD:PARAM[:LINES_PARAM]: perplexity vs a method parameter in tables/ and plots/sweep_* (repeatable)"),
 ) -> None:
     """(Re)write the tables, plots and report.html of a results directory; `--layout paper` writes
-    tables/paper.{md,tex} in the papers' shape (optionally with published numbers)."""
+    tables/paper.{md,tex} in the papers' shape (optionally with published numbers). Without
+    --compare/--sweep, the comparisons and sweeps the run's suite asked for (`report:` in the
+    suite copies under suites/) are written again."""
     from harness.report import write_report
     from harness.report.compare import as_pairs, write_compare_tables
     from harness.store import ResultStore
@@ -163,8 +184,12 @@ def report(
         raise HarnessError(f"--zero-shot-metric {zero_shot_metric!r}: use `acc` or `acc_norm`.")
     if reference is not None and layout != "paper":
         raise HarnessError("--reference needs --layout paper.")
-    pairs = as_pairs(compare or [])
+    from harness.report.sweeps import as_sweeps
+
     store = ResultStore(results_dir)
+    saved = _saved_report_specs(store)
+    pairs = as_pairs(compare or [spec for r in saved for spec in r.compare])
+    sweeps = as_sweeps(sweep or [spec for r in saved for spec in r.sweeps])
     if layout == "paper":
         from harness.report.paper import write_paper_tables
         from harness.report.reference import load_reference
@@ -172,6 +197,10 @@ def report(
         ref = load_reference(reference) if reference else None
         paths = write_paper_tables(store, reference=ref, metric=zero_shot_metric)
         paths += write_compare_tables(store, pairs)
+        if sweeps:
+            from harness.report.sweeps import write_sweeps
+
+            paths += write_sweeps(store, sweeps)
         if html:  # report.html shows tables/paper.md too
             from harness.report.html import write_html_report
 
@@ -179,7 +208,7 @@ def report(
         for p in paths:
             out.print(f"wrote {p}")
         return
-    paths = write_report(store, title=results_dir.name, html=html, compare=pairs)
+    paths = write_report(store, title=results_dir.name, html=html, compare=pairs, sweeps=sweeps)
     _print_records(store.records())
     for p in paths:
         out.print(f"wrote {p}")

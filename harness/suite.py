@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.errors import HarnessError, SuiteError
+from harness.errors import HarnessError, SuiteError, UnknownMethodError
 from harness.registry import get_method
 from harness.tasks import PACK_TASKS, PAPER_TASKS
 
@@ -190,12 +190,24 @@ class ComparePair(_Strict):
     against: str = Field(description="method label (or name) whose difference from `base` is reported")
 
 
+class SweepSpec(_Strict):
+    """A parameter sweep for the report (`harness.report.sweeps`): perplexity vs one method parameter."""
+
+    method: str = Field(description="method name whose cells form the sweep, e.g. crvq")
+    x: str = Field(description="the method parameter on the x axis, e.g. critical_ratio")
+    lines: str | None = Field(None, description="a second parameter: one series per value, e.g. num_extended_codebooks")
+
+
 class ReportSpec(_Strict):
     tables: list[Literal["markdown", "latex", "csv"]] = Field(default_factory=lambda: ["markdown", "latex", "csv"])
     plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
     html: bool = Field(True, description="also write report.html: the whole report in one self-contained page")
     compare: list[ComparePair] = Field(
         default_factory=list, description="paired comparisons written to tables/compare.{md,csv}, e.g. [{base: aqlm, against: crvq}]"
+    )
+    sweeps: list[SweepSpec] = Field(
+        default_factory=list,
+        description="parameter sweeps written to tables/ and plots/sweep_*, e.g. [{method: crvq, x: critical_ratio, lines: num_extended_codebooks}]",
     )
 
 
@@ -432,8 +444,31 @@ def _check_compare(suite: Suite, path: Path) -> None:
             raise SuiteError(f"{path}: field `report.compare[{i}]`: base and against are both '{pair.base}'; name two methods.")
 
 
+def _check_sweeps(suite: Suite, path: Path) -> None:
+    """`report.sweeps` name a method of the suite and parameters of its config."""
+    methods = sorted({e.name for e in suite.methods})
+    for i, sweep in enumerate(suite.report.sweeps):
+        if sweep.method not in methods:
+            raise SuiteError(
+                f"{path}: field `report.sweeps[{i}].method`: '{sweep.method}' is not a method of this suite; "
+                f"use one of {', '.join(methods)}."
+            )
+        try:
+            fields = sorted(get_method(sweep.method).Config.model_fields)
+        except UnknownMethodError:
+            continue  # reported with the method line itself
+        for side in ("x", "lines"):
+            name = getattr(sweep, side)
+            if name is not None and name not in fields:
+                raise SuiteError(
+                    f"{path}: field `report.sweeps[{i}].{side}`: '{name}' is not a parameter of {sweep.method}; "
+                    f"use one of {', '.join(fields)}."
+                )
+
+
 def _check_references(suite: Suite, path: Path) -> None:
     _check_compare(suite, path)
+    _check_sweeps(suite, path)
     for i, model in enumerate(suite.models):
         _check_model(model, f"models[{i}]", path)
     _check_dataset(suite.calibration.source, "calibration.source", path)

@@ -35,6 +35,7 @@ def write_report(
     title: str | None = None,
     html: bool = True,
     compare: Sequence[Any] = (),
+    sweeps: Sequence[Any] = (),
 ) -> list[Path]:
     """Write ``tables/results.{md,tex,csv}`` (+ ``tables/failures.md``),
     ``plots/<model>_<dataset>_ppl_vs_bits.{png,svg}`` and, for models with zero-shot results,
@@ -47,7 +48,9 @@ def write_report(
     ``html`` is false, ``report.html`` (:mod:`harness.report.html`): all of it in one page.
     Returns the written paths; an empty store gives tables that say so and no plots.
     ``compare`` (``(base, against)`` method pairs) adds ``tables/compare.{md,csv}``
-    (:mod:`harness.report.compare`: paired differences with bootstrap CIs).
+    (:mod:`harness.report.compare`: paired differences with bootstrap CIs). ``sweeps``
+    (``method:x[:lines]`` strings or the suite's ``report.sweeps``) add
+    ``tables/sweep_*.{md,csv}`` and ``plots/sweep_*`` (:mod:`harness.report.sweeps`).
     """
     records = store.records()
     by_record = records_frame(records)
@@ -73,6 +76,10 @@ def write_report(
         from harness.report.compare import write_compare_tables
 
         written += write_compare_tables(store, compare, records=records)
+    if sweeps:
+        from harness.report.sweeps import write_sweeps
+
+        written += write_sweeps(store, sweeps, plots=plots, records=records)
     if html:  # last: it embeds the tables and plots written above
         from harness.report.html import write_html_report
 

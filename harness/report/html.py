@@ -46,6 +46,7 @@ _KINDS = (
     ("Perplexity vs bits per weight", re.compile(r"_ppl_vs_bits$")),
     ("Zero-shot accuracy vs bits per weight", re.compile(r"_zeroshot_acc_vs_bits$")),
     ("Pareto fronts", re.compile(r"(^|_)pareto")),
+    ("Parameter sweeps", re.compile(r"^sweep_")),
 )
 _FOLDER_KINDS = {"inspect": "Layer diagnostics"}
 #: Extra tables shown first (by file-name prefix); the rest follow alphabetically.

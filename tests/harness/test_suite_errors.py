@@ -38,6 +38,11 @@ CASES = {
     "calibration_count_zero": (VALID + "calibration: {num_sequences: 0}\n", ["calibration.num_sequences", "greater than 0"]),
     "redpajama_eval": (VALID + "evaluations: {perplexity: {datasets: [redpajama]}}\n", ["redpajama", "calibration source only"]),
     "bad_executor": (VALID + "executor: kubernetes\n", ["`executor`"]),
+    "sweep_unknown_method": (VALID + "report: {sweeps: [{method: crvq, x: critical_ratio}]}\n",
+                             ["report.sweeps[0].method", "'crvq' is not a method of this suite", "rtn"]),
+    "sweep_unknown_param": (VALID + "report: {sweeps: [{method: rtn, x: bitz}]}\n",
+                            ["report.sweeps[0].x", "'bitz' is not a parameter of rtn", "group_size"]),
+    "sweep_missing_x": (VALID + "report: {sweeps: [{method: rtn}]}\n", ["report.sweeps[0].x", "missing"]),
     "not_a_mapping": ("- just\n- a list\n", ["YAML mapping"]),
     "bad_yaml": ("name: t\nmodels: [smollm2-135m\nmethods: x\n", ["not valid YAML"]),
 }

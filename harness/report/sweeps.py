@@ -1,0 +1,299 @@
+"""Parameter sweeps: how a metric moves with one method parameter (and a second one).
+
+A sweep names a method and the parameter on the x axis, optionally a second parameter that
+splits the series (a suite's ``report.sweeps: [{method: crvq, x: critical_ratio, lines:
+num_extended_codebooks}]`` or ``harness report --sweep crvq:critical_ratio:num_extended_codebooks``).
+The finished cells of that method are read by their resolved ``params``; any other parameter
+that differs between them makes a series of its own (named ``name=value``, e.g.
+``reorder=sorted``). Repeats over seeds are averaged (``n`` says how many). Every other
+finished cell of the same model (the unquantized reference, AQLM at the same budget, ...) is
+drawn as a labelled horizontal line: the baselines the sweep is read against.
+
+Written per sweep:
+- ``tables/sweep_<method>_<x>[_by_<lines>].md``: per model and perplexity dataset a grid, x
+  down and series across, each cell ``ppl (bits)``, the baselines below; ``.csv`` the long
+  form (one row per point);
+- ``plots/sweep_<method>_<x>[_by_<lines>]_<model>_<dataset>.{png,svg}``: perplexity vs x
+  (lines for a numeric x, markers for a categorical one) and, where the points' bits differ,
+  beside it perplexity vs the paper's bits per weight of the same points (quantized baselines
+  as points there), so the bit cost of each setting is visible.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from harness.errors import HarnessError
+from harness.report.display import markdown_table
+from harness.store import ResultStore, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Sweep", "as_sweeps", "sweep_frame", "sweep_markdown", "write_sweeps"]
+
+PPL = "ppl:"
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Method name, the parameter on the x axis and (optionally) the one that splits series."""
+
+    method: str
+    x: str
+    lines: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """``sweep_<method>_<x>[_by_<lines>]`` (file-name safe)."""
+        name = f"sweep_{self.method}_{self.x}" + (f"_by_{self.lines}" if self.lines else "")
+        return _safe(name)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "x"
+
+
+def as_sweeps(items: Iterable[Any]) -> list[Sweep]:
+    """Sweeps from ``"method:x[:lines]"`` strings or objects with ``.method``, ``.x``,
+    ``.lines`` (the suite's ``report.sweeps`` entries)."""
+    out = []
+    for item in items:
+        if isinstance(item, Sweep):
+            out.append(item)
+        elif isinstance(item, str):
+            parts = [p.strip() for p in item.split(":")]
+            if len(parts) not in (2, 3) or not all(parts):
+                raise HarnessError(
+                    f"--sweep {item!r}: write METHOD:PARAM or METHOD:PARAM:LINES_PARAM, e.g. "
+                    f"--sweep crvq:critical_ratio:num_extended_codebooks."
+                )
+            out.append(Sweep(*parts))
+        else:
+            out.append(Sweep(str(item.method), str(item.x), None if item.lines is None else str(item.lines)))
+    return out
+
+
+def _value(value: Any) -> Any:
+    """A parameter value as a hashable, comparable cell (lists and dicts as JSON)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if isinstance(value, (list, dict)) else value
+
+
+def _ppl(record: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for dataset, value in ((record.get("metrics") or {}).get("perplexity") or {}).items():
+        ppl = value.get("ppl") if isinstance(value, dict) else value
+        out[PPL + dataset] = float(ppl) if ppl is not None else math.nan
+    return out
+
+
+def _model(record: dict[str, Any]) -> str:
+    return str((record.get("model") or {}).get("label") or str(record.get("label", "?")).split("/")[0])
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points, baselines). points: one row per (model, x, lines, other varying params) of
+    the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
+    (means over seeds). baselines: every other finished cell of those models (means over
+    seeds; by bits, the unquantized reference last), columns ``model, label, bits, ppl:<dataset>...``."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    members = [r for r in ok if r.get("method") == sweep.method and sweep.x in (r.get("params") or {})]
+    skipped = [r for r in ok if r.get("method") == sweep.method and r not in members]
+    if skipped:
+        logger.warning("sweep %s: %d %s cell(s) have no parameter %r and are left out", sweep.stem, len(skipped),
+                       sweep.method, sweep.x)
+    swept = {sweep.x, *( [sweep.lines] if sweep.lines else [])}
+    params = [{k: _value(v) for k, v in (r.get("params") or {}).items()} for r in members]
+    names = list(dict.fromkeys(k for p in params for k in p if k not in swept))
+    varying = [k for k in names if len({p.get(k, "∅") for p in params}) > 1]
+    rows = []
+    for r, p in zip(members, params):
+        metrics = r.get("metrics") or {}
+        rows.append({
+            "model": _model(r), "x": p[sweep.x], "lines": p.get(sweep.lines) if sweep.lines else None,
+            "series": " ".join(f"{k}={p[k]}" for k in varying if k in p),
+            "bits": _num(metrics.get("bits")), "bits_paper": _num(metrics.get("bits_paper")), **_ppl(r),
+        })
+    datasets = list(dict.fromkeys(c for row in rows for c in row if c.startswith(PPL)))
+    columns = ["model", "x", "lines", "series", "n", "bits", "bits_paper", *datasets]
+    points = pd.DataFrame(rows, columns=[c for c in columns if c != "n"])
+    if not points.empty:
+        keys = ["model", "x", "lines", "series"]
+        grouped = points.groupby(keys, sort=False, dropna=False)
+        points = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).reset_index()[columns]
+        points = points.sort_values(["model", "series", "lines", "x"], kind="stable", key=_sort_key).reset_index(drop=True)
+    models = set(points["model"])
+    base_rows = []
+    for r in ok:
+        if r.get("method") == sweep.method or _model(r) not in models:
+            continue
+        label = str(r.get("method_label") or r.get("method"))
+        if r.get("budget") is not None:
+            label += f" b{r['budget']}"
+        base_rows.append({"model": _model(r), "label": label, "bits": _num((r.get("metrics") or {}).get("bits")), **_ppl(r)})
+    baselines = pd.DataFrame(base_rows, columns=["model", "label", "bits", *datasets])
+    if not baselines.empty:
+        baselines = baselines.groupby(["model", "label"], sort=False).mean(numeric_only=True).reset_index()
+        baselines = baselines.sort_values(["model", "bits"], kind="stable").reset_index(drop=True)
+    return points, baselines
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    """Numbers in numeric order, then anything else as text (mixed columns sort safely)."""
+    return column.map(lambda v: (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      else (1, 0.0, str(v)))
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _series_label(sweep: Sweep, lines: Any, series: str) -> str:
+    parts = ([f"{sweep.lines}={lines}"] if sweep.lines else []) + ([series] if series else [])
+    return ", ".join(parts) or sweep.method
+
+
+def _fmt_ppl(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.2f}"
+
+
+def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) -> str:
+    """Per model and dataset a grid (x down, series across) of ``ppl (bits_paper)``, then the baselines."""
+    title = f"# Sweep: {sweep.method} perplexity vs `{sweep.x}`" + (f" by `{sweep.lines}`" if sweep.lines else "")
+    parts = [title, ""]
+    if points.empty:
+        return "\n".join(parts + [f"No finished {sweep.method} cells with a parameter `{sweep.x}`.", ""])
+    parts += ["Each cell: perplexity (the paper's bits per weight, `bits_paper`); means over the seeds of a "
+              "point where it has several. Baselines: the suite's other cells on the same model.", ""]
+    datasets = [c for c in points.columns if c.startswith(PPL)]
+    for model, group in points.groupby("model", sort=False):
+        for column in datasets:
+            grid: dict[Any, dict[str, str]] = {}
+            header: list[str] = []
+            for row in group.to_dict("records"):
+                label = _series_label(sweep, row["lines"], row["series"])
+                header += [label] if label not in header else []
+                cell = f"{_fmt_ppl(row[column])} ({row['bits_paper']:.3f})" + (f" n={row['n']}" if row["n"] > 1 else "")
+                grid.setdefault(row["x"], {})[label] = cell
+            table = pd.DataFrame([{sweep.x: str(x), **{h: cells.get(h, "-") for h in header}} for x, cells in grid.items()],
+                                 columns=[sweep.x, *header])
+            parts += [f"## {model}: {column[len(PPL):]}", "", markdown_table(table), ""]
+            base = baselines[(baselines["model"] == model)] if not baselines.empty else baselines
+            if column in base and not base.empty:
+                parts += ["Baselines: " + "; ".join(
+                    f"{b['label']} {_fmt_ppl(b[column])} ({b['bits']:.3f} bits)" for b in base.to_dict("records")) + ".", ""]
+    return "\n".join(parts)
+
+
+def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, model: str, column: str) -> Figure | None:
+    """Two panels: perplexity vs x (one series per `lines` value and variant) and perplexity
+    vs bits_paper of the same points; baselines as labelled horizontal lines on both."""
+    from matplotlib.figure import Figure
+
+    from harness.report.plots import _log_y
+
+    rows = points[(points["model"] == model)]
+    rows = rows[rows[column].map(lambda v: math.isfinite(v) and v > 0)]
+    if rows.empty:
+        return None
+    base = baselines[(baselines["model"] == model)] if not baselines.empty else baselines
+    base = base[base[column].map(lambda v: math.isfinite(v) and v > 0)] if column in base else base.iloc[0:0]
+    with_bits = rows["bits_paper"].nunique() > 1  # the bit cost varies with the swept parameters
+    fig = Figure(figsize=(11.0 if with_bits else 7.0, 4.4), layout="constrained")
+    ax_x, ax_bits = fig.subplots(1, 2) if with_bits else (fig.subplots(), None)
+    xs = list(dict.fromkeys(rows.sort_values("x", key=_sort_key)["x"]))
+    numeric = _numeric(xs)
+    series = list(rows.groupby(["lines", "series"], sort=False, dropna=False))
+    for i, ((lines, variant), group) in enumerate(series):
+        group = group.sort_values("x", key=_sort_key)
+        label = _series_label(sweep, lines, variant)
+        marker = _MARKERS[i % len(_MARKERS)]
+        if numeric:
+            ax_x.plot(group["x"].astype(float), group[column], marker=marker, linewidth=1.5, label=label)
+        else:  # categories side by side, each series nudged so equal values do not hide each other
+            offset = (i - (len(series) - 1) / 2) * 0.08
+            ax_x.plot([xs.index(x) + offset for x in group["x"]], group[column], marker=marker, linestyle="none",
+                      markersize=8, label=label)
+        if ax_bits is not None:
+            ax_bits.plot(group["bits_paper"], group[column], marker=marker, linewidth=1.0 if numeric else 0,
+                         linestyle="-" if numeric else "none", label=label)
+    top = float(rows["bits_paper"].max())
+    lo, hi = float(rows[column].min()) / 1.5, float(rows[column].max()) * 1.5
+    shown = []
+    for j, b in enumerate(base.to_dict("records")):
+        value = float(b[column])
+        if not lo <= value <= hi:  # far off (e.g. the unquantized model): named in the legend only
+            ax_x.plot([], [], linestyle="none", label=f"{b['label']}: {value:.2f} (off the axes)")
+            continue
+        shown.append(value)
+        style = dict(color="0.3", linestyle=("--", ":", "-.")[j % 3], linewidth=1.1)
+        ax_x.axhline(value, label=f"{b['label']}: {value:.2f}", **style)
+        if ax_bits is None:
+            continue
+        if math.isfinite(b["bits"]) and b["bits"] <= 2 * top:  # a quantized baseline: a point at its bits
+            ax_bits.plot([b["bits"]], [value], marker="x", color="0.3", markersize=9, linestyle="none")
+            ax_bits.annotate(b["label"], (b["bits"], value), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        else:
+            ax_bits.axhline(value, **style)
+    if not numeric:
+        ax_x.set_xticks(range(len(xs)), [str(x) for x in xs])
+    values = pd.concat([rows[column], pd.Series(shown, dtype=float)]).astype(float)
+    axes = [ax for ax in (ax_x, ax_bits) if ax is not None]
+    if values.max() / values.min() > 5:
+        for ax in axes:
+            _log_y(ax, math.log10(values.max() / values.min()))
+    dataset = column[len(PPL):]
+    ax_x.set_xlabel(sweep.x)
+    ax_x.set_ylabel(f"perplexity on {dataset} (lower is better)")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    if ax_bits is not None:
+        ax_bits.set_xlabel("bits per weight (paper's accounting)")
+        ax_x.set_title(f"vs {sweep.x}", fontsize=10)
+        ax_bits.set_title("vs bits per weight (× a quantized baseline)", fontsize=10)
+    fig.suptitle(f"{model} — {sweep.method}: {dataset} perplexity vs {sweep.x}" + (f" by {sweep.lines}" if sweep.lines else ""))
+    handles, labels = ax_x.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), frameon=False)
+    return fig
+
+
+def write_sweeps(store: ResultStore, sweeps: Sequence[Sweep], *, plots: Sequence[str] = ("png", "svg"),
+                 records: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+    """Write each sweep's table (Markdown + CSV) and plots; returns the paths."""
+    from harness.report.plots import _render
+
+    records = store.records() if records is None else records
+    written: list[Path] = []
+    for sweep in as_sweeps(sweeps):
+        points, baselines = sweep_frame(records, sweep)
+        if points.empty:
+            logger.warning("sweep %s: no finished %s cells with a parameter %r", sweep.stem, sweep.method, sweep.x)
+        written.append(atomic_write_text(store.tables_dir / f"{sweep.stem}.md", sweep_markdown(points, baselines, sweep)))
+        written.append(atomic_write_text(store.tables_dir / f"{sweep.stem}.csv", points.to_csv(index=False)))
+        for model in points["model"].drop_duplicates():
+            for column in [c for c in points.columns if c.startswith(PPL)]:
+                fig = sweep_figure(points, baselines, sweep, model, column)
+                if fig is None:
+                    continue
+                name = f"{sweep.stem}_{_safe(model)}_{_safe(column[len(PPL):])}"
+                for fmt in plots:
+                    written.append(atomic_write_bytes(store.plots_dir / f"{name}.{fmt}", _render(fig, fmt)))
+    return written
