@@ -1,0 +1,292 @@
+"""Suite files: a typed, validated YAML schema (`harness.suite.schema`), resolved into a list
+of independent cells.
+
+A suite is models × methods (explicit `params` and/or nominal `budgets`, resolved through
+each method's presets) × evaluations. Every default is written into the resolved cell, and
+a cell's key is a hash of that resolved config, so a finished cell is never recomputed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from harness.errors import HarnessError, SuiteError, UnknownMethodError
+from harness.registry import get_method
+from harness.tasks import PACK_TASKS
+from harness.suite.schema import (
+    EMBEDDED_MODEL_ALIAS,
+    KNOWN_DATASETS,
+    RECORD_VERSION,
+    _HUB_ID,
+    CalibrationSpec,
+    Cell,
+    ComparePair,
+    EvaluationsSpec,
+    ExecutorSpec,
+    FinetuneE2ESpec,
+    MethodEntry,
+    ModelSpec,
+    PerplexitySpec,
+    ReportSpec,
+    Suite,
+    SweepSpec,
+    ThroughputSpec,
+    ZeroShotSpec,
+)
+
+__all__ = [
+    "EMBEDDED_MODEL_ALIAS", "KNOWN_DATASETS", "RECORD_VERSION", "CalibrationSpec", "Cell", "ComparePair",
+    "EvaluationsSpec", "ExecutorSpec", "FinetuneE2ESpec", "MethodEntry", "ModelSpec", "PerplexitySpec",
+    "ReportSpec", "Suite", "SweepSpec", "ThroughputSpec", "ZeroShotSpec", "entry_seeds", "load_suite",
+    "output_dir", "resolve_cells", "resolve_path",
+]
+
+
+# --------------------------------------------------------------------------- loading
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "ModelSpec", "ExecutorSpec", "literal['local']") or "function-after" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _validation_message(path: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:4]:
+        loc = _format_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are not allowed)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"field `{loc}`: {msg}")
+    more = f" (and {len(exc.errors()) - 4} more)" if len(exc.errors()) > 4 else ""
+    return f"{path}: invalid suite — " + "; ".join(parts) + more + ". Fix the suite file and run `harness validate` again."
+
+
+def load_suite(path: str | os.PathLike, *, stand_in: str | None = None) -> Suite:
+    """Read and validate a suite file (schema, methods, budgets, models, datasets), with a
+    stand-in overlay applied first when given (`harness.stand_in`: a built-in name or a file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"{p}: suite file not found. Give the path of a YAML suite, e.g. suites/quickstart.yaml.")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}). Fix the syntax at the line it names.") from exc
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{p}: a suite must be a YAML mapping with at least `name`, `models` and `methods`.")
+    if stand_in is not None:
+        from harness.stand_in import apply_stand_in, load_stand_in
+
+        raw = apply_stand_in(raw, load_stand_in(stand_in))
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise SuiteError(_validation_message(str(p), exc)) from exc
+    _check_references(suite, p)
+    return suite
+
+
+def _check_dataset(name: str, where: str, suite_path: Path) -> None:
+    if name in KNOWN_DATASETS or resolve_path(name, suite_path) is not None:
+        return
+    raise SuiteError(
+        f"{suite_path}: field `{where}`: unknown dataset '{name}'. Use one of "
+        f"{', '.join(KNOWN_DATASETS)}, or the path of an existing UTF-8 text file."
+    )
+
+
+def resolve_path(value: str, suite_path: Path) -> Path | None:
+    """An existing path given relative to the working directory or to the suite file."""
+    for base in (Path.cwd(), suite_path.parent):
+        candidate = (base / os.path.expanduser(value)).resolve()
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _check_model(spec: ModelSpec, where: str, suite_path: Path) -> None:
+    if spec.id == EMBEDDED_MODEL_ALIAS or resolve_path(spec.id, suite_path) is not None:
+        return
+    looks_like_path = spec.id.endswith(".gguf") or spec.id.startswith((".", "/", "~"))
+    if looks_like_path or not _HUB_ID.match(spec.id):
+        raise SuiteError(
+            f"{suite_path}: field `{where}`: model '{spec.id}' is neither the embedded alias "
+            f"'{EMBEDDED_MODEL_ALIAS}', an existing local directory or GGUF file, nor a hub id of the "
+            f"form 'org/name'. Fix the path (relative paths are read from the working directory "
+            f"or the suite's folder) or use a hub id."
+        )
+
+
+def _check_compare(suite: Suite, path: Path) -> None:
+    """`report.compare` names methods of the suite (by label or name), two different ones."""
+    names = {e.label or e.name for e in suite.methods} | {e.name for e in suite.methods}
+    for i, pair in enumerate(suite.report.compare):
+        for side in ("base", "against"):
+            if getattr(pair, side) not in names:
+                raise SuiteError(
+                    f"{path}: field `report.compare[{i}].{side}`: '{getattr(pair, side)}' is not a method of this "
+                    f"suite; use one of {', '.join(sorted(names))}."
+                )
+        if pair.base == pair.against:
+            raise SuiteError(f"{path}: field `report.compare[{i}]`: base and against are both '{pair.base}'; name two methods.")
+
+
+def _check_sweeps(suite: Suite, path: Path) -> None:
+    """`report.sweeps` name a method of the suite and parameters of its config."""
+    methods = sorted({e.name for e in suite.methods})
+    for i, sweep in enumerate(suite.report.sweeps):
+        if sweep.method not in methods:
+            raise SuiteError(
+                f"{path}: field `report.sweeps[{i}].method`: '{sweep.method}' is not a method of this suite; "
+                f"use one of {', '.join(methods)}."
+            )
+        try:
+            fields = sorted(get_method(sweep.method).Config.model_fields)
+        except UnknownMethodError:
+            continue  # reported with the method line itself
+        for side in ("x", "lines"):
+            name = getattr(sweep, side)
+            if name is not None and name not in fields:
+                raise SuiteError(
+                    f"{path}: field `report.sweeps[{i}].{side}`: '{name}' is not a parameter of {sweep.method}; "
+                    f"use one of {', '.join(fields)}."
+                )
+
+
+def _check_references(suite: Suite, path: Path) -> None:
+    _check_compare(suite, path)
+    _check_sweeps(suite, path)
+    for i, model in enumerate(suite.models):
+        _check_model(model, f"models[{i}]", path)
+    _check_dataset(suite.calibration.source, "calibration.source", path)
+    if suite.evaluations.perplexity is not None:
+        for i, ds in enumerate(suite.evaluations.perplexity.datasets):
+            if ds == "redpajama":
+                raise SuiteError(
+                    f"{path}: field `evaluations.perplexity.datasets[{i}]`: redpajama is a calibration "
+                    f"source only; evaluate on wikitext2, c4, ptb, embedded or a text file."
+                )
+            _check_dataset(ds, f"evaluations.perplexity.datasets[{i}]", path)
+    if suite.evaluations.zero_shot is not None:
+        for i, task in enumerate(suite.evaluations.zero_shot.tasks):
+            if task.startswith("embedded_") and task not in PACK_TASKS:  # lm-eval's names are checked at run time
+                raise SuiteError(
+                    f"{path}: field `evaluations.zero_shot.tasks[{i}]`: '{task}' is not a task of the offline "
+                    f"pack; its tasks are {', '.join(PACK_TASKS)}."
+                )
+    for i, entry in enumerate(suite.methods):
+        _resolve_entry(entry, f"{path}: field `methods[{i}]`")
+        method = get_method(entry.name)
+        if entry.seeds is not None and len(entry.seeds) > 1 and not method.modifies_weights:
+            raise SuiteError(
+                f"{path}: field `methods[{i}].seeds`: method '{entry.name}' is the unquantized reference; it "
+                f"has no randomness and runs once. Remove `seeds` from this line."
+            )
+        if entry.finetune_e2e is not None and not (method.requires_calibration and method.modifies_weights):
+            raise SuiteError(
+                f"{path}: field `methods[{i}].finetune_e2e`: method '{entry.name}' is "
+                f"{'the unquantized reference' if not method.modifies_weights else 'calibration-free'}; end-to-end "
+                f"fine-tuning needs a quantized model and calibration sequences. Remove the key from this line."
+            )
+
+
+def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dict[str, Any]]]:
+    """(budget, fully resolved params) for each cell of one method line."""
+    try:
+        method = get_method(entry.name)
+    except HarnessError as exc:
+        raise SuiteError(f"{where}.name: {exc}") from exc
+    combos: list[tuple[int | None, dict[str, Any]]] = []
+    for j, budget in enumerate(entry.budgets or [None]):
+        base: dict[str, Any] = {}
+        if budget is not None:
+            try:
+                base = dict(method.presets(budget))
+            except ValueError as exc:
+                raise SuiteError(
+                    f"{where}.budgets[{j}]: {exc}. Supported budgets for '{entry.name}': "
+                    f"{', '.join(map(str, method.supported_budgets())) or 'none'}."
+                ) from exc
+        merged = {**base, **entry.params}
+        try:
+            config = method.Config.model_validate(merged)
+        except ValidationError as exc:
+            details = "; ".join(f"`params.{_format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
+            raise SuiteError(
+                f"{where} ({entry.name}): invalid params — {details}. Run `harness list` for the "
+                f"parameters of '{entry.name}' and their types."
+            ) from exc
+        combos.append((budget, config.model_dump(mode="json")))
+    return combos
+
+
+def entry_seeds(suite: Suite, entry: MethodEntry) -> list[int]:
+    """The seeds one method line runs with: its own `seeds`, else the suite's `seeds`, else
+    `[seed]`. The unquantized reference (a method that does not modify weights) runs once:
+    with the suite's `seed` if that is among them, else with the first."""
+    seeds = entry.seeds or suite.seeds or [suite.seed]
+    if not get_method(entry.name).modifies_weights:
+        return [suite.seed if suite.seed in seeds else seeds[0]]
+    return list(seeds)
+
+
+def resolve_cells(suite: Suite, suite_path: str | os.PathLike = "suite.yaml") -> list[Cell]:
+    """Expand a validated suite into its cells (models × method configs × seeds).
+
+    A cell's seed drives the method's randomness and, unless `calibration.seed` is set, the
+    calibration sample. A cell with the suite's `seed` is exactly the cell of a suite without
+    `seeds` (same key, same label); other seeds add `/s<seed>` to the label. Cells with the same
+    key (e.g. the same budget and seed on two lines) run once."""
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for model in suite.models:
+        for i, entry in enumerate(suite.methods):
+            method = get_method(entry.name)
+            for budget, params in _resolve_entry(entry, f"{suite_path}: field `methods[{i}]`"):
+                for seed in entry_seeds(suite, entry):
+                    calibration = None
+                    if method.requires_calibration:
+                        calibration = suite.calibration.model_copy(
+                            update={
+                                "seqlen": suite.calibration.seqlen or model.seqlen,
+                                "seed": seed if suite.calibration.seed is None else suite.calibration.seed,
+                            }
+                        )
+                    cell = Cell(
+                        suite=suite.name,
+                        model=model,
+                        method=entry.name,
+                        method_label=entry.label or entry.name,
+                        budget=budget,
+                        params=params,
+                        calibration=calibration,
+                        evaluations=suite.evaluations,
+                        seed=seed,
+                        device=suite.device,
+                        dtype=suite.dtype,
+                        save_model=suite.save_models,
+                        finetune_e2e=entry.finetune_e2e,
+                        stand_in=suite.stand_in,
+                        base_seed=None if seed == suite.seed else suite.seed,
+                    )
+                    if cell.key in seen:
+                        continue
+                    seen.add(cell.key)
+                    cells.append(cell)
+    return cells
+
+
+def output_dir(suite: Suite, suite_path: str | os.PathLike) -> Path:
+    return Path(suite.output_dir) if suite.output_dir else Path("results") / suite.name
