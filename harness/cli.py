@@ -14,15 +14,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from harness.cli_output import (
+    compact_record,
+    console,
+    out,
+    print_comparison,
+    print_plan,
+    print_records,
+    print_stand_in,
+)
 from harness.errors import HarnessError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark and compare post-training quantization methods.")
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)
 _state = {"debug": False}
 
 
@@ -42,16 +48,6 @@ def _main(
 
 STAND_IN_HELP = ("run a small stand-in of the suite: `embedded` (SmolLM2-135M, its offline corpus and task pack, "
                  "reduced settings) or an overlay YAML (see harness/stand_in.py); results go to <output_dir>-<stand-in>")
-
-
-def _print_stand_in(suite) -> None:
-    """List what a stand-in substituted (also stored in every record)."""
-    if not suite.stand_in:
-        return
-    info = suite.stand_in
-    console.print(f"stand-in '{info['name']}' of suite '{info['suite']}': {info['description']}", highlight=False)
-    for change in info["substitutions"]:
-        console.print(f"  {change}", highlight=False, markup=False)
 
 
 def _select(cells, only: Optional[str]):
@@ -78,13 +74,13 @@ def run(
     from harness.suite import load_suite, output_dir, resolve_cells
 
     suite = load_suite(suite_path, stand_in=stand_in)
-    _print_stand_in(suite)
+    print_stand_in(suite)
     cells = _select(resolve_cells(suite, suite_path), only)
     if not cells:
         raise HarnessError(f"{suite_path}: no cell matches --only {only!r}; run with --dry-run to see the cell labels.")
     store = ResultStore(output or output_dir(suite, suite_path))
     if dry_run:
-        _print_plan(cells, store, base_dir=suite_path.resolve().parent, profile=device_profile)
+        print_plan(cells, store, base_dir=suite_path.resolve().parent, profile=device_profile)
         return
     check_executor(suite.executor)
     store.save_suite(suite.name, suite_path.read_text(encoding="utf-8"))  # shown in report.html
@@ -92,7 +88,7 @@ def run(
     records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
                          compare=suite.report.compare, sweeps=suite.report.sweeps)
-    _print_records(records)
+    print_records(records)
     for p in paths:
         out.print(f"wrote {p}")
     failed = [r for r in records if r["status"] != "ok"]
@@ -111,7 +107,7 @@ def validate(
     from harness.suite import load_suite, resolve_cells
 
     suite = load_suite(suite_path, stand_in=stand_in)
-    _print_stand_in(suite)
+    print_stand_in(suite)
     cells = resolve_cells(suite, suite_path)
     check_executor(suite.executor)
     out.print(f"{suite_path}: valid — {len(cells)} cells ({len(suite.models)} models × {len(suite.methods)} method lines)")
@@ -209,7 +205,7 @@ def report(
             out.print(f"wrote {p}")
         return
     paths = write_report(store, title=results_dir.name, html=html, compare=pairs, sweeps=sweeps)
-    _print_records(store.records())
+    print_records(store.records())
     for p in paths:
         out.print(f"wrote {p}")
 
@@ -229,7 +225,7 @@ def show(
         raise HarnessError(f"no cell matches '{cell}' under {results}; give a key prefix or a label such as 'smollm2-135m/rtn/b4'.")
     for record in matches:
         if not full:
-            record = _compact(record)
+            record = compact_record(record)
         out.print_json(json.dumps(record))
 
 
@@ -254,7 +250,7 @@ def compare(
         raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
     store = ResultStore(results_dir)
     result = compare_methods(store, base, against, model=model, budget=budget, dataset=dataset, level=level, resamples=resamples)
-    _print_comparison(result)
+    print_comparison(result)
     if layers:
         from harness.report.compare_layers import write_layer_overlay
 
@@ -262,32 +258,6 @@ def compare(
             paths, metric = write_layer_overlay(store.plots_dir, c.base, c.against, c.model, c.budget)
             for p in paths:
                 out.print(f"wrote {p} (per-layer {metric})", highlight=False, markup=False)
-
-
-def _print_comparison(result) -> None:
-    """The paired perplexity table, one verdict line per row, zero-shot (unpaired) and notes."""
-    from rich.text import Text
-
-    from harness.report.compare import ppl_display_rows, zero_shot_display_rows
-
-    def grid(title: str, rows: list[dict[str, str]]) -> Table:
-        table = Table(title=title, title_justify="left")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("model", "dataset", "task") else "right", no_wrap=True)
-        for row in rows:
-            table.add_row(*(Text(v) for v in row.values()))
-        return table
-
-    if result.comparisons:
-        out.print(grid(f"{result.against} vs {result.base}: perplexity, paired bootstrap over windows and seeds",
-                       ppl_display_rows(result)))
-        for c in result.comparisons:
-            out.print(f"{c.group}: {c.verdict()}", highlight=False, markup=False)
-    if result.zero_shot:
-        out.print(grid(f"{result.against} vs {result.base}: zero-shot accuracy (unpaired, normal approximation "
-                       f"from lm-eval's stderr)", zero_shot_display_rows(result)))
-    for note in result.notes:
-        out.print(f"note: {note}", highlight=False, markup=False)
 
 
 @app.command()
@@ -350,81 +320,6 @@ def bits(
         f"{table.bits_paper:.4f}  model_bits {table.model_bits:.4f} (all {table.total_weights:,} weights, "
         f"non-quantized at {storage_bits} bits)", highlight=False,
     )
-
-
-def _compact(record: dict) -> dict:
-    record = dict(record)
-    if "layers" in record:
-        record["layers"] = f"<{len(record['layers'])} layers; --full to show>"
-    for ppl in record.get("metrics", {}).get("perplexity", {}).values():
-        ppl.pop("window_nll", None)
-    return record
-
-
-def _print_plan(cells, store, *, base_dir: Path, profile: Optional[str] = None) -> None:
-    """The cell plan: closed-form bits, memory and estimated time per cell (`harness.plan`)."""
-    from harness.plan import PROFILES, describe, format_seconds, plan_cells
-
-    plans = plan_cells(cells, base_dir=base_dir, profile=profile)
-    table = Table(title=f"{len(cells)} cells → {store.root}")
-    for col in ("label", "key", "bits", "bits_paper", "model_bits", "GPU GiB", "host GiB", "est. time",
-                "calibration", "evaluations", "status"):
-        table.add_column(col, no_wrap=col in ("label", "key"), justify="right" if "bits" in col or "GiB" in col else "left")
-    sources: dict[str, str] = {}
-    for p in plans:
-        c = p.cell
-        status = "finished" if store.is_finished(c.key) else "to run"
-        facts = describe(c)
-        if p.error:
-            table.add_row(c.label, c.key, "?", "?", "?", "?", "?", "?", facts["calibration"], facts["evaluations"], status)
-            sources[c.model.label] = p.error
-            continue
-        sources[c.model.label] = p.source
-        gib = "-" if p.device_gib is None else f"{p.device_gib:.1f}"
-        time = format_seconds(p.seconds) + ("" if p.method_cost_known else " + ?")
-        table.add_row(c.label, c.key, f"{p.bits:.4f}", f"{p.bits_paper:.4f}", f"{p.model_bits:.4f}", gib,
-                      f"{p.host_gib:.1f}", time, facts["calibration"], facts["evaluations"], status)
-    out.print(table)
-    for label, source in sources.items():
-        out.print(f"model {label}: {source}", highlight=False)
-    todo = [p for p in plans if not p.error and not store.is_finished(p.cell.key)]
-    for name in sorted({p.profile for p in plans}):
-        out.print(f"estimates for {name}: {PROFILES[name].basis}", highlight=False)
-    out.print(
-        f"estimated time of the {len(todo)} unfinished cells: {format_seconds(sum(p.seconds for p in todo))} "
-        f"(a FLOP model, not a measurement; block fine-tuning counted at its maximum epochs; `+ ?` = a method "
-        f"without a cost model). Bits are closed forms from the model configs; memory is the peak phase "
-        f"(see harness/plan.py).", highlight=False,
-    )
-
-
-def _zero_shot_cell(metrics: dict) -> str:
-    """'43.6' (mean zero-shot acc, %) plus the number of tasks that failed, for the results table."""
-    zs = metrics.get("zero_shot") or {}
-    avg = (zs.get("average") or {}).get("acc")
-    text = "-" if avg is None else f"{100 * avg:.1f}"
-    failed = len(zs.get("errors") or [])
-    return text + (f" [red]({failed} failed)[/red]" if failed else "")
-
-
-def _print_records(records) -> None:
-    table = Table(title="results")
-    zero_shot = any("zero_shot" in (r.get("metrics") or {}) for r in records)
-    columns = ("cell", "status", "bits", "model_bits", "size MB", "perplexity", *(("zero-shot acc %",) if zero_shot else ()), "time s")
-    for col in columns:
-        table.add_column(col, no_wrap=col == "cell")
-    for r in records:
-        m = r.get("metrics", {})
-        ppl = " ".join(f"{k}={v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
-        zs = (_zero_shot_cell(m),) if zero_shot else ()
-        if r["status"] == "ok":
-            table.add_row(
-                r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
-                ppl, *zs, f"{r['timings']['total_s']:.0f}",
-            )
-        else:
-            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], *("" for _ in zs), "")
-    out.print(table)
 
 
 def main() -> None:

@@ -1,0 +1,126 @@
+"""What the command line prints: the rich consoles (messages to stderr, tables to stdout) and
+the tables of cell plans, finished records and comparisons."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["compact_record", "console", "out", "print_comparison", "print_plan", "print_records", "print_stand_in"]
+
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_stand_in(suite) -> None:
+    """List what a stand-in substituted (also stored in every record)."""
+    if not suite.stand_in:
+        return
+    info = suite.stand_in
+    console.print(f"stand-in '{info['name']}' of suite '{info['suite']}': {info['description']}", highlight=False)
+    for change in info["substitutions"]:
+        console.print(f"  {change}", highlight=False, markup=False)
+
+
+def print_comparison(result) -> None:
+    """The paired perplexity table, one verdict line per row, zero-shot (unpaired) and notes."""
+    from rich.text import Text
+
+    from harness.report.compare import ppl_display_rows, zero_shot_display_rows
+
+    def grid(title: str, rows: list[dict[str, str]]) -> Table:
+        table = Table(title=title, title_justify="left")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("model", "dataset", "task") else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(*(Text(v) for v in row.values()))
+        return table
+
+    if result.comparisons:
+        out.print(grid(f"{result.against} vs {result.base}: perplexity, paired bootstrap over windows and seeds",
+                       ppl_display_rows(result)))
+        for c in result.comparisons:
+            out.print(f"{c.group}: {c.verdict()}", highlight=False, markup=False)
+    if result.zero_shot:
+        out.print(grid(f"{result.against} vs {result.base}: zero-shot accuracy (unpaired, normal approximation "
+                       f"from lm-eval's stderr)", zero_shot_display_rows(result)))
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, markup=False)
+
+
+def compact_record(record: dict) -> dict:
+    record = dict(record)
+    if "layers" in record:
+        record["layers"] = f"<{len(record['layers'])} layers; --full to show>"
+    for ppl in record.get("metrics", {}).get("perplexity", {}).values():
+        ppl.pop("window_nll", None)
+    return record
+
+
+def print_plan(cells, store, *, base_dir: Path, profile: Optional[str] = None) -> None:
+    """The cell plan: closed-form bits, memory and estimated time per cell (`harness.plan`)."""
+    from harness.plan import PROFILES, describe, format_seconds, plan_cells
+
+    plans = plan_cells(cells, base_dir=base_dir, profile=profile)
+    table = Table(title=f"{len(cells)} cells → {store.root}")
+    for col in ("label", "key", "bits", "bits_paper", "model_bits", "GPU GiB", "host GiB", "est. time",
+                "calibration", "evaluations", "status"):
+        table.add_column(col, no_wrap=col in ("label", "key"), justify="right" if "bits" in col or "GiB" in col else "left")
+    sources: dict[str, str] = {}
+    for p in plans:
+        c = p.cell
+        status = "finished" if store.is_finished(c.key) else "to run"
+        facts = describe(c)
+        if p.error:
+            table.add_row(c.label, c.key, "?", "?", "?", "?", "?", "?", facts["calibration"], facts["evaluations"], status)
+            sources[c.model.label] = p.error
+            continue
+        sources[c.model.label] = p.source
+        gib = "-" if p.device_gib is None else f"{p.device_gib:.1f}"
+        time = format_seconds(p.seconds) + ("" if p.method_cost_known else " + ?")
+        table.add_row(c.label, c.key, f"{p.bits:.4f}", f"{p.bits_paper:.4f}", f"{p.model_bits:.4f}", gib,
+                      f"{p.host_gib:.1f}", time, facts["calibration"], facts["evaluations"], status)
+    out.print(table)
+    for label, source in sources.items():
+        out.print(f"model {label}: {source}", highlight=False)
+    todo = [p for p in plans if not p.error and not store.is_finished(p.cell.key)]
+    for name in sorted({p.profile for p in plans}):
+        out.print(f"estimates for {name}: {PROFILES[name].basis}", highlight=False)
+    out.print(
+        f"estimated time of the {len(todo)} unfinished cells: {format_seconds(sum(p.seconds for p in todo))} "
+        f"(a FLOP model, not a measurement; block fine-tuning counted at its maximum epochs; `+ ?` = a method "
+        f"without a cost model). Bits are closed forms from the model configs; memory is the peak phase "
+        f"(see harness/plan.py).", highlight=False,
+    )
+
+
+def zero_shot_cell(metrics: dict) -> str:
+    """'43.6' (mean zero-shot acc, %) plus the number of tasks that failed, for the results table."""
+    zs = metrics.get("zero_shot") or {}
+    avg = (zs.get("average") or {}).get("acc")
+    text = "-" if avg is None else f"{100 * avg:.1f}"
+    failed = len(zs.get("errors") or [])
+    return text + (f" [red]({failed} failed)[/red]" if failed else "")
+
+
+def print_records(records) -> None:
+    table = Table(title="results")
+    zero_shot = any("zero_shot" in (r.get("metrics") or {}) for r in records)
+    columns = ("cell", "status", "bits", "model_bits", "size MB", "perplexity", *(("zero-shot acc %",) if zero_shot else ()), "time s")
+    for col in columns:
+        table.add_column(col, no_wrap=col == "cell")
+    for r in records:
+        m = r.get("metrics", {})
+        ppl = " ".join(f"{k}={v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
+        zs = (zero_shot_cell(m),) if zero_shot else ()
+        if r["status"] == "ok":
+            table.add_row(
+                r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
+                ppl, *zs, f"{r['timings']['total_s']:.0f}",
+            )
+        else:
+            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], *("" for _ in zs), "")
+    out.print(table)
