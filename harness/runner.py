@@ -221,8 +221,8 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
     if cell.save_model:  # exactly the evaluated model, for reloading, inspection and export
         saved_model = store.model_dir(cell.key)
         save_quantized(model, saved_model, tokenizer=tokenizer, exact=True)
-    with tempfile.TemporaryDirectory() as tmp:  # the size is that of the float16 deployment format
-        size_bytes = save_quantized(model, Path(tmp) / "model")
+    with tempfile.TemporaryDirectory() as tmp:  # the size: the directory in the float16 deployment format
+        size_bytes = save_quantized(model, Path(tmp) / "model", tokenizer=tokenizer)
 
     metrics: dict[str, Any] = {
         "bits": bits["bits"],
