@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Sweep", "as_sweeps", "sweep_frame", "sweep_markdown", "write_sweeps"]
 
 PPL = "ppl:"
+STD = "ppl_std:"
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
@@ -112,7 +113,7 @@ def _num(value: Any) -> float:
 def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, baselines). points: one row per (model, x, lines, other varying params) of
     the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
-    (means over seeds). baselines: every other finished cell of those models (means over
+    (means over seeds) and ``ppl_std:<dataset>...`` (standard deviation over seeds; NaN for one). baselines: every other finished cell of those models (means over
     seeds; by bits, the unquantized reference last), columns ``model, label, bits, ppl:<dataset>...``."""
     ok = [r for r in records if r.get("status") == "ok"]
     members = [r for r in ok if r.get("method") == sweep.method and sweep.x in (r.get("params") or {})]
@@ -138,7 +139,9 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     if not points.empty:
         keys = ["model", "x", "lines", "series"]
         grouped = points.groupby(keys, sort=False, dropna=False)
-        points = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).reset_index()[columns]
+        spread = grouped[datasets].std(ddof=1).rename(columns=_std)  # NaN for one seed
+        points = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).join(spread).reset_index()
+        points = points[columns + list(spread.columns)]
         points = points.sort_values(["model", "series", "lines", "x"], kind="stable", key=_sort_key).reset_index(drop=True)
     models = set(points["model"])
     base_rows = []
@@ -154,6 +157,11 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
         baselines = baselines.groupby(["model", "label"], sort=False).mean(numeric_only=True).reset_index()
         baselines = baselines.sort_values(["model", "bits"], kind="stable").reset_index(drop=True)
     return points, baselines
+
+
+def _std(column: str) -> str:
+    """``ppl_std:<dataset>`` of a ``ppl:<dataset>`` column."""
+    return STD + column[len(PPL):]
 
 
 def _sort_key(column: pd.Series) -> pd.Series:
@@ -181,8 +189,9 @@ def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) 
     parts = [title, ""]
     if points.empty:
         return "\n".join(parts + [f"No finished {sweep.method} cells with a parameter `{sweep.x}`.", ""])
-    parts += ["Each cell: perplexity (the paper's bits per weight, `bits_paper`); means over the seeds of a "
-              "point where it has several. Baselines: the suite's other cells on the same model.", ""]
+    parts += ["Each cell: perplexity (the paper's bits per weight, `bits_paper`); a point run with several seeds "
+              "shows mean ± standard deviation over them (n seeds). Baselines: the suite's other cells on the "
+              "same model (means over their seeds).", ""]
     datasets = [c for c in points.columns if c.startswith(PPL)]
     for model, group in points.groupby("model", sort=False):
         for column in datasets:
@@ -191,7 +200,8 @@ def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) 
             for row in group.to_dict("records"):
                 label = _series_label(sweep, row["lines"], row["series"])
                 header += [label] if label not in header else []
-                cell = f"{_fmt_ppl(row[column])} ({row['bits_paper']:.3f})" + (f" n={row['n']}" if row["n"] > 1 else "")
+                spread = f" ± {row[_std(column)]:.2f} (n={row['n']})" if row["n"] > 1 else ""
+                cell = f"{_fmt_ppl(row[column])}{spread} ({row['bits_paper']:.3f})"
                 grid.setdefault(row["x"], {})[label] = cell
             table = pd.DataFrame([{sweep.x: str(x), **{h: cells.get(h, "-") for h in header}} for x, cells in grid.items()],
                                  columns=[sweep.x, *header])
@@ -226,12 +236,17 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
         group = group.sort_values("x", key=_sort_key)
         label = _series_label(sweep, lines, variant)
         marker = _MARKERS[i % len(_MARKERS)]
+        std = group[_std(column)] if _std(column) in group else None
         if numeric:
-            ax_x.plot(group["x"].astype(float), group[column], marker=marker, linewidth=1.5, label=label)
+            positions = group["x"].astype(float)
+            style = dict(marker=marker, linewidth=1.5)
         else:  # categories side by side, each series nudged so equal values do not hide each other
-            offset = (i - (len(series) - 1) / 2) * 0.08
-            ax_x.plot([xs.index(x) + offset for x in group["x"]], group[column], marker=marker, linestyle="none",
-                      markersize=8, label=label)
+            positions = [xs.index(x) + (i - (len(series) - 1) / 2) * 0.08 for x in group["x"]]
+            style = dict(marker=marker, linestyle="none", markersize=8)
+        if std is not None and std.notna().any():  # ± the standard deviation over seeds
+            ax_x.errorbar(positions, group[column], yerr=std.fillna(0.0), capsize=3, label=label, **style)
+        else:
+            ax_x.plot(positions, group[column], label=label, **style)
         if ax_bits is not None:
             ax_bits.plot(group["bits_paper"], group[column], marker=marker, linewidth=1.0 if numeric else 0,
                          linestyle="-" if numeric else "none", label=label)

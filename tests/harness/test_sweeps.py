@@ -1,6 +1,7 @@
 """Parameter sweeps in the report: perplexity vs one method parameter, series by another."""
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -47,6 +48,8 @@ def test_points_series_seeds_and_baselines():
                          ("importance=wa", 2, 0.1), ("importance=random", 2, 0.05)}
     two_seeds = rows[("importance=wa", 2, 0.05)]
     assert two_seeds["n"] == 2 and two_seeds["ppl:wiki"] == pytest.approx(85.0)
+    assert two_seeds["ppl_std:wiki"] == pytest.approx(2**0.5)  # 84 and 86
+    assert math.isnan(rows[("importance=wa", 1, 0.1)]["ppl_std:wiki"])
     assert two_seeds["bits_paper"] == pytest.approx(1.1)
     assert rows[("importance=wa", 1, 0.1)]["n"] == 1 and rows[("importance=wa", 1, 0.1)]["ppl:wiki"] == 80.0
     # numeric x in numeric order within a series
@@ -63,7 +66,7 @@ def test_markdown_grid():
     header = next(line for line in md.splitlines() if line.startswith("|") and "critical_ratio" in line)
     assert "num_extended_codebooks=1, importance=wa" in header and "num_extended_codebooks=2, importance=random" in header
     row = next(line for line in md.splitlines() if line.startswith("|") and line.split("|")[1].strip() == "0.05")
-    assert "90.00 (1.050)" in row and "85.00 (1.100) n=2" in row and "95.00 (1.100)" in row
+    assert "90.00 (1.050)" in row and "85.00 ± 1.41 (n=2) (1.100)" in row and "95.00 (1.100)" in row
     assert "Baselines: aqlm b1 100.00 (1.010 bits); none 10.00 (16.010 bits)." in md
 
 
@@ -92,7 +95,7 @@ def test_write_sweeps_tables_and_plots(tmp_path):
             image = imread(p)
             assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0
     csv = (store.tables_dir / "sweep_crvq_critical_ratio_by_num_extended_codebooks.csv").read_text().splitlines()
-    assert csv[0] == "model,x,lines,series,n,bits,bits_paper,ppl:wiki" and len(csv) == 6
+    assert csv[0] == "model,x,lines,series,n,bits,bits_paper,ppl:wiki,ppl_std:wiki" and len(csv) == 6
 
 
 def test_sweep_of_a_missing_parameter_says_so(tmp_path):
