@@ -143,3 +143,15 @@ def test_report_bad_sweep_option_is_a_clear_error(tmp_path, monkeypatch, capsys)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "METHOD:PARAM" in err and "Traceback" not in err
+
+
+def test_report_html_shows_the_sweep(tmp_path):
+    from harness.report import write_report
+
+    store = ResultStore(tmp_path / "results")
+    for r in _records():
+        store.put(r)
+    write_report(store, tables=["markdown"], plots=["png"], sweeps=["crvq:critical_ratio:num_extended_codebooks"])
+    page = (store.root / "report.html").read_text()
+    assert "Parameter sweeps" in page and "Sweep: crvq perplexity vs" in page
+    assert page.count("data:image/png;base64,") >= 2  # the sweep plot besides the default ones
