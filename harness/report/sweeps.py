@@ -154,8 +154,11 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
         base_rows.append({"model": _model(r), "label": label, "bits": _num((r.get("metrics") or {}).get("bits")), **_ppl(r)})
     baselines = pd.DataFrame(base_rows, columns=["model", "label", "bits", *datasets])
     if not baselines.empty:
-        baselines = baselines.groupby(["model", "label"], sort=False).mean(numeric_only=True).reset_index()
+        grouped = baselines.groupby(["model", "label"], sort=False)
+        baselines = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).reset_index()
         baselines = baselines.sort_values(["model", "bits"], kind="stable").reset_index(drop=True)
+    else:
+        baselines["n"] = pd.Series(dtype="int64")
     return points, baselines
 
 
@@ -232,6 +235,7 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
     xs = list(dict.fromkeys(rows.sort_values("x", key=_sort_key)["x"]))
     numeric = _numeric(xs)
     series = list(rows.groupby(["lines", "series"], sort=False, dropna=False))
+    legend: list[tuple[Any, str]] = []  # (handle, label) in drawing order
     for i, ((lines, variant), group) in enumerate(series):
         group = group.sort_values("x", key=_sort_key)
         label = _series_label(sweep, lines, variant)
@@ -244,9 +248,9 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
             positions = [xs.index(x) + (i - (len(series) - 1) / 2) * 0.08 for x in group["x"]]
             style = dict(marker=marker, linestyle="none", markersize=8)
         if std is not None and std.notna().any():  # ± the standard deviation over seeds
-            ax_x.errorbar(positions, group[column], yerr=std.fillna(0.0), capsize=3, label=label, **style)
+            legend.append((ax_x.errorbar(positions, group[column], yerr=std.fillna(0.0), capsize=3, **style), label))
         else:
-            ax_x.plot(positions, group[column], label=label, **style)
+            legend.append((ax_x.plot(positions, group[column], **style)[0], label))
         if ax_bits is not None:
             ax_bits.plot(group["bits_paper"], group[column], marker=marker, linewidth=1.0 if numeric else 0,
                          linestyle="-" if numeric else "none", label=label)
@@ -255,12 +259,13 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
     shown = []
     for j, b in enumerate(base.to_dict("records")):
         value = float(b[column])
+        b["seeds"] = f" (mean of {b['n']} seeds)" if b["n"] > 1 else ""
         if not lo <= value <= hi:  # far off (e.g. the unquantized model): named in the legend only
-            ax_x.plot([], [], linestyle="none", label=f"{b['label']}: {value:.2f} (off the axes)")
+            legend.append((ax_x.plot([], [], linestyle="none")[0], f"{b['label']}: {value:.2f}{b['seeds']} (off the axes)"))
             continue
         shown.append(value)
         style = dict(color="0.3", linestyle=("--", ":", "-.")[j % 3], linewidth=1.1)
-        ax_x.axhline(value, label=f"{b['label']}: {value:.2f}", **style)
+        legend.append((ax_x.axhline(value, **style), f"{b['label']}: {value:.2f}{b['seeds']}"))
         if ax_bits is None:
             continue
         if math.isfinite(b["bits"]) and b["bits"] <= 2 * top:  # a quantized baseline: a point at its bits
@@ -285,8 +290,11 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
         ax_x.set_title(f"vs {sweep.x}", fontsize=10)
         ax_bits.set_title("vs bits per weight (× a quantized baseline)", fontsize=10)
     fig.suptitle(f"{model} — {sweep.method}: {dataset} perplexity vs {sweep.x}" + (f" by {sweep.lines}" if sweep.lines else ""))
-    handles, labels = ax_x.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), frameon=False)
+    # as many columns as fit the figure's width (about 6 pt per character plus the handle)
+    column_pt = 6 * max(len(text) for _, text in legend) + 40
+    ncols = max(1, min(len(legend), 3, int(fig.get_figwidth() * 72 // column_pt)))
+    fig.legend([h for h, _ in legend], [text for _, text in legend], loc="outside lower center", ncols=ncols,
+               frameon=False)
     return fig
 
 
