@@ -33,6 +33,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report.display import markdown_table
+from harness.report.repeats import repeat_group
 from harness.store import ResultStore, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -113,8 +114,9 @@ def _num(value: Any) -> float:
 def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, baselines). points: one row per (model, x, lines, other varying params) of
     the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
-    (means over seeds) and ``ppl_std:<dataset>...`` (standard deviation over seeds; NaN for one). baselines: every other finished cell of those models (means over
-    seeds; by bits, the unquantized reference last), columns ``model, label, bits, ppl:<dataset>...``."""
+    (means over seeds) and ``ppl_std:<dataset>...`` (standard deviation over seeds; NaN for one).
+    baselines: every other finished cell of those models (means over seeds; by bits, the
+    unquantized reference last), columns ``model, label, bits, ppl:<dataset>..., n``."""
     ok = [r for r in records if r.get("status") == "ok"]
     members = [r for r in ok if r.get("method") == sweep.method and sweep.x in (r.get("params") or {})]
     skipped = [r for r in ok if r.get("method") == sweep.method and r not in members]
@@ -138,6 +140,10 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     points = pd.DataFrame(rows, columns=[c for c in columns if c != "n"])
     if not points.empty:
         keys = ["model", "x", "lines", "series"]
+        configs = points.assign(config=[repeat_group(r) for r in members]).groupby(keys, dropna=False)["config"].nunique()
+        if (configs > 1).any():  # same params, other calibration or evaluation settings
+            logger.warning("sweep %s: cells with equal params but other settings (calibration, evaluations) are "
+                           "averaged into one point; give them different suites or output directories", sweep.stem)
         grouped = points.groupby(keys, sort=False, dropna=False)
         spread = grouped[datasets].std(ddof=1).rename(columns=_std)  # NaN for one seed
         points = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).join(spread).reset_index()

@@ -155,3 +155,16 @@ def test_report_html_shows_the_sweep(tmp_path):
     page = (store.root / "report.html").read_text()
     assert "Parameter sweeps" in page and "Sweep: crvq perplexity vs" in page
     assert page.count("data:image/png;base64,") >= 2  # the sweep plot besides the default ones
+
+
+def test_equal_params_with_other_settings_warn(caplog):
+    records = _records()
+    other = _crvq("c7", 0.1, 1, 60.0)
+    other["cell"]["calibration"] = {"num_sequences": 999}  # not a seed repeat of c1
+    with caplog.at_level("WARNING", logger="harness.report.sweeps"):
+        sweep_frame(records + [other], Sweep("crvq", "critical_ratio", "num_extended_codebooks"))
+    assert "equal params but other settings" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harness.report.sweeps"):
+        sweep_frame(records, Sweep("crvq", "critical_ratio", "num_extended_codebooks"))  # seeds only
+    assert "other settings" not in caplog.text
