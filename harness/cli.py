@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.logging import RichHandler
@@ -27,6 +27,10 @@ from harness.cli_output import (
     print_stand_in,
 )
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:  # imported lazily at run time: `harness --help` stays fast
+    from harness.store import ResultStore
+    from harness.suite import ReportSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark and compare post-training quantization methods.")
 _state = {"debug": False}
@@ -136,7 +140,7 @@ def list_methods() -> None:
         out.print()
 
 
-def _saved_report_specs(store: Any) -> list[Any]:
+def _saved_report_specs(store: ResultStore) -> list[ReportSpec]:
     """The `report:` sections of the suite copies a results directory keeps (unreadable or
     invalid ones are skipped with a warning: they only supply defaults)."""
     import yaml
@@ -180,12 +184,14 @@ def report(
         raise HarnessError(f"--zero-shot-metric {zero_shot_metric!r}: use `acc` or `acc_norm`.")
     if reference is not None and layout != "paper":
         raise HarnessError("--reference needs --layout paper.")
-    from harness.report.sweeps import as_sweeps
+    from harness.report.sweeps import as_sweeps, check_sweeps
 
     store = ResultStore(results_dir)
     saved = _saved_report_specs(store)
-    pairs = as_pairs(compare or [spec for r in saved for spec in r.compare])
+    pairs = list(dict.fromkeys(as_pairs(compare or [spec for r in saved for spec in r.compare])))
     sweeps = as_sweeps(sweep or [spec for r in saved for spec in r.sweeps])
+    if sweep:
+        check_sweeps(sweeps)
     if layout == "paper":
         from harness.report.paper import write_paper_tables
         from harness.report.reference import load_reference

@@ -2,20 +2,28 @@
 the tables of cell plans, finished records and comparisons."""
 from __future__ import annotations
 
+import copy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["compact_record", "console", "out", "print_comparison", "print_plan", "print_records", "print_stand_in"]
+if TYPE_CHECKING:
+    from harness.analysis.compare import CompareResult
+    from harness.store import ResultStore
+    from harness.suite import Cell, Suite
+
+__all__ = ["compact_record", "console", "out", "print_comparison", "print_plan", "print_records", "print_stand_in",
+           "zero_shot_cell"]
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def print_stand_in(suite) -> None:
+def print_stand_in(suite: Suite) -> None:
     """List what a stand-in substituted (also stored in every record)."""
     if not suite.stand_in:
         return
@@ -25,7 +33,7 @@ def print_stand_in(suite) -> None:
         console.print(f"  {change}", highlight=False, markup=False)
 
 
-def print_comparison(result) -> None:
+def print_comparison(result: CompareResult) -> None:
     """The paired perplexity table, one verdict line per row, zero-shot (unpaired) and notes."""
     from rich.text import Text
 
@@ -51,8 +59,9 @@ def print_comparison(result) -> None:
         out.print(f"note: {note}", highlight=False, markup=False)
 
 
-def compact_record(record: dict) -> dict:
-    record = dict(record)
+def compact_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a record for `harness show`: layer logs counted, window NLLs dropped."""
+    record = copy.deepcopy(record)
     if "layers" in record:
         record["layers"] = f"<{len(record['layers'])} layers; --full to show>"
     for ppl in record.get("metrics", {}).get("perplexity", {}).values():
@@ -60,7 +69,7 @@ def compact_record(record: dict) -> dict:
     return record
 
 
-def print_plan(cells, store, *, base_dir: Path, profile: Optional[str] = None) -> None:
+def print_plan(cells: Sequence[Cell], store: ResultStore, *, base_dir: Path, profile: Optional[str] = None) -> None:
     """The cell plan: closed-form bits, memory and estimated time per cell (`harness.plan`)."""
     from harness.plan import PROFILES, describe, format_seconds, plan_cells
 
@@ -97,7 +106,7 @@ def print_plan(cells, store, *, base_dir: Path, profile: Optional[str] = None) -
     )
 
 
-def zero_shot_cell(metrics: dict) -> str:
+def zero_shot_cell(metrics: dict[str, Any]) -> str:
     """'43.6' (mean zero-shot acc, %) plus the number of tasks that failed, for the results table."""
     zs = metrics.get("zero_shot") or {}
     avg = (zs.get("average") or {}).get("acc")
@@ -106,7 +115,8 @@ def zero_shot_cell(metrics: dict) -> str:
     return text + (f" [red]({failed} failed)[/red]" if failed else "")
 
 
-def print_records(records) -> None:
+def print_records(records: Sequence[dict[str, Any]]) -> None:
+    """The results table of finished and failed cells."""
     table = Table(title="results")
     zero_shot = any("zero_shot" in (r.get("metrics") or {}) for r in records)
     columns = ("cell", "status", "bits", "model_bits", "size MB", "perplexity", *(("zero-shot acc %",) if zero_shot else ()), "time s")

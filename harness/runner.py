@@ -221,7 +221,9 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
     if cell.save_model:  # exactly the evaluated model, for reloading, inspection and export
         saved_model = store.model_dir(cell.key)
         save_quantized(model, saved_model, tokenizer=tokenizer, exact=True)
-    with tempfile.TemporaryDirectory() as tmp:  # the size: the directory in the float16 deployment format
+    # the size: the directory in the float16 deployment format, written next to the results (a
+    # model-sized file may not fit a small /tmp) and removed again
+    with tempfile.TemporaryDirectory(prefix=".size-", dir=store.root) as tmp:
         size_bytes = save_quantized(model, Path(tmp) / "model", tokenizer=tokenizer)
 
     metrics: dict[str, Any] = {

@@ -27,9 +27,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.report.reference import Reference, ReferenceEntry
 from harness.report.repeats import record_seed, repeat_group
-from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.store import ResultStore, atomic_write_text
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 
@@ -80,8 +80,8 @@ def _num(value: Any) -> float:
 
 
 def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
-    """One row from the rows of one configuration's seeds: means, `std:<column>` (NaN for one
-    seed or where a seed lacks the value) and `n`."""
+    """One row from the rows of one configuration's seeds: means and `std:<column>` (both NaN
+    where a seed lacks the value; the std also for one seed) and `n`."""
     out = dict(rows[0], n=len(rows))
     if len(rows) == 1:
         return out
@@ -98,9 +98,10 @@ def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict
 def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None = None, *,
                 metric: str = "acc") -> pd.DataFrame:
     """The paper table as a frame: columns `model, method, kind, bits, stored_bits`, one
-    `ppl:<dataset>` per dataset, one `zs:<task>` per task (percent) and `zs:avg`. `kind` is
-    `result`, `published` or `delta`; rows are grouped by model (unquantized first, then bits
-    descending), each result followed by its published and delta rows."""
+    `ppl:<dataset>` per dataset, one `zs:<task>` per task (percent) and `zs:avg`; with repeats
+    over seeds also `n` and `std:<column>` per value column. `kind` is `result`, `published` or
+    `delta`; rows are grouped by model (unquantized first, then bits descending), each result
+    followed by its published and delta rows."""
     if metric not in METRICS:
         raise ValueError(f"zero-shot metric must be one of {', '.join(METRICS)}, got {metric!r}")
     ok = [r for r in records if r.get("status") == "ok"]
@@ -137,9 +138,11 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
             row[AVG] = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
         return row
 
+    value_columns = columns[3:]  # bits, stored bits, perplexities and accuracies
+
     def delta_row(ours: dict[str, Any], published: dict[str, Any], e: ReferenceEntry) -> dict[str, Any]:
         row = {"model": ours["model"], "method": f"Δ vs {e.label}", "kind": "delta"}
-        for c in columns[3:]:
+        for c in value_columns:
             row[c] = ours.get(c, math.nan) - published.get(c, math.nan) if c != "stored_bits" else math.nan
         return row
 
@@ -152,7 +155,7 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
         row = _mean_over_seeds([with_average(result_row(r)) for r in members], columns)
         groups.setdefault(row["model"], []).append((members[0], row))
     if any(row["n"] > 1 for members in groups.values() for _, row in members):
-        columns += ["n", *(STD + c for c in columns[5:])]
+        columns = [*columns, "n", *(STD + c for c in columns[5:])]
     rows: list[dict[str, Any]] = []
     used: set[int] = set()
     for model, members in groups.items():
@@ -215,11 +218,11 @@ def _shown(frame: pd.DataFrame) -> list[str]:
             and not (c == "stored_bits" and frame[c].isna().all())]
 
 
-def _legend(metric: str) -> str:
+def _legend(metric: str, repeats: bool = False) -> str:
     return (f"Perplexity (↓) per dataset at each record's seqlen; zero-shot accuracy (↑) in percent "
             f"(`{metric}`), Avg over the shown tasks. Bits: the method paper's accounting (`bits_paper`); "
-            f"stored bits: every stored bit of the quantized layers (`bits`). Rows with n > 1 are means "
-            f"over n seeds ± their standard deviation.")
+            f"stored bits: every stored bit of the quantized layers (`bits`)."
+            + (" Rows with n > 1 are means over n seeds ± their standard deviation." if repeats else ""))
 
 
 def paper_markdown(frame: pd.DataFrame, *, title: str, metric: str = "acc", reference: Reference | None = None) -> str:
@@ -235,7 +238,7 @@ def paper_markdown(frame: pd.DataFrame, *, title: str, metric: str = "acc", refe
         if row["kind"] == "published":
             cells[1] = f"*{cells[1]}*"
         lines.append("| " + " | ".join(cells) + " |")
-    parts += [_legend(metric), "", *lines]
+    parts += [_legend(metric, "n" in frame), "", *lines]
     if reference is not None:
         parts += ["", f"Published numbers ({reference.name}); Δ rows are ours minus published:"]
         for key, src in reference.sources.items():
@@ -253,7 +256,7 @@ def paper_latex(frame: pd.DataFrame, *, metric: str = "acc", reference: Referenc
     ppl = [c for c in columns if c.startswith(PPL)]
     zs = [c for c in columns if c.startswith(ZS)]
     lines = [r"% Generated by ptq-harness (paper layout); needs \usepackage{booktabs}.",
-             f"% {_legend(metric)}"]
+             f"% {_legend(metric, 'n' in frame)}"]
     if reference is not None:
         lines += [f"% [{k}] {s.title}" + (f" {s.url}" if s.url else "") for k, s in reference.sources.items()]
     lines += [rf"\begin{{tabular}}{{l{'r' * (len(columns) - 1)}}}", r"\toprule"]

@@ -5,13 +5,15 @@ splits the series (a suite's ``report.sweeps: [{method: crvq, x: critical_ratio,
 num_extended_codebooks}]`` or ``harness report --sweep crvq:critical_ratio:num_extended_codebooks``).
 The finished cells of that method are read by their resolved ``params``; any other parameter
 that differs between them makes a series of its own (named ``name=value``, e.g.
-``reorder=sorted``). Repeats over seeds are averaged (``n`` says how many). Every other
-finished cell of the same model (the unquantized reference, AQLM at the same budget, ...) is
-drawn as a labelled horizontal line: the baselines the sweep is read against.
+``reorder=sorted``); cells of the method without the x parameter are left out (with a
+warning). Repeats over seeds are averaged (``n`` says how many; a point where some seed lacks
+the value or diverged is NaN or inf, not a mean of the rest). Every finished cell of another
+method on the same model (the unquantized reference, AQLM at the same budget, ...) is drawn
+as a labelled horizontal line: the baselines the sweep is read against.
 
 Written per sweep:
 - ``tables/sweep_<method>_<x>[_by_<lines>].md``: per model and perplexity dataset a grid, x
-  down and series across, each cell ``ppl (bits)``, the baselines below; ``.csv`` the long
+  down and series across, each cell ``ppl (bits_paper)``, the baselines below; ``.csv`` the long
   form (one row per point);
 - ``plots/sweep_<method>_<x>[_by_<lines>]_<model>_<dataset>.{png,svg}``: perplexity vs x
   (lines for a numeric x, markers for a categorical one) and, where the points' bits differ,
@@ -84,7 +86,23 @@ def as_sweeps(items: Iterable[Any]) -> list[Sweep]:
             out.append(Sweep(*parts))
         else:
             out.append(Sweep(str(item.method), str(item.x), None if item.lines is None else str(item.lines)))
-    return out
+    for sweep in out:
+        if sweep.lines == sweep.x:
+            raise HarnessError(f"sweep {sweep.method}:{sweep.x}:{sweep.lines}: the series parameter must differ from "
+                               f"the x parameter; drop it or name another one.")
+    return list(dict.fromkeys(out))  # each sweep once (several suite copies may ask for it)
+
+
+def check_sweeps(sweeps: Sequence[Sweep]) -> None:
+    """HarnessError unless each sweep names a registered method and parameters of its config."""
+    from harness.registry import get_method
+
+    for sweep in sweeps:
+        fields = sorted(get_method(sweep.method).Config.model_fields)
+        for name in (sweep.x, sweep.lines):
+            if name is not None and name not in fields:
+                raise HarnessError(f"sweep {sweep.method}:{sweep.x}{':' + sweep.lines if sweep.lines else ''}: "
+                                   f"'{name}' is not a parameter of {sweep.method}; use one of {', '.join(fields)}.")
 
 
 def _value(value: Any) -> Any:
@@ -116,14 +134,15 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
     (means over seeds) and ``ppl_std:<dataset>...`` (standard deviation over seeds; NaN for one).
     baselines: every other finished cell of those models (means over seeds; by bits, the
-    unquantized reference last), columns ``model, label, bits, ppl:<dataset>..., n``."""
+    unquantized reference last), columns ``model, label, bits`` (their ``bits_paper``, as the
+    points), ``ppl:<dataset>..., n``."""
     ok = [r for r in records if r.get("status") == "ok"]
-    members = [r for r in ok if r.get("method") == sweep.method and sweep.x in (r.get("params") or {})]
-    skipped = [r for r in ok if r.get("method") == sweep.method and r not in members]
-    if skipped:
-        logger.warning("sweep %s: %d %s cell(s) have no parameter %r and are left out", sweep.stem, len(skipped),
-                       sweep.method, sweep.x)
-    swept = {sweep.x, *( [sweep.lines] if sweep.lines else [])}
+    of_method = [r for r in ok if r.get("method") == sweep.method]
+    members = [r for r in of_method if sweep.x in (r.get("params") or {})]
+    if len(members) < len(of_method):
+        logger.warning("sweep %s: %d %s cell(s) have no parameter %r and are left out", sweep.stem,
+                       len(of_method) - len(members), sweep.method, sweep.x)
+    swept = {sweep.x, sweep.lines} - {None}
     params = [{k: _value(v) for k, v in (r.get("params") or {}).items()} for r in members]
     names = list(dict.fromkeys(k for p in params for k in p if k not in swept))
     varying = [k for k in names if len({p.get(k, "∅") for p in params}) > 1]
@@ -146,7 +165,8 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
                            "averaged into one point; give them different suites or output directories", sweep.stem)
         grouped = points.groupby(keys, sort=False, dropna=False)
         spread = grouped[datasets].std(ddof=1).rename(columns=_std)  # NaN for one seed
-        points = grouped.mean(numeric_only=True).join(grouped.size().rename("n")).join(spread).reset_index()
+        means = grouped.agg({c: _strict_mean for c in ["bits", "bits_paper", *datasets]})
+        points = means.join(grouped.size().rename("n")).join(spread).reset_index()
         points = points[columns + list(spread.columns)]
         points = points.sort_values(["model", "series", "lines", "x"], kind="stable", key=_sort_key).reset_index(drop=True)
     models = set(points["model"])
@@ -157,7 +177,9 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
         label = str(r.get("method_label") or r.get("method"))
         if r.get("budget") is not None:
             label += f" b{r['budget']}"
-        base_rows.append({"model": _model(r), "label": label, "bits": _num((r.get("metrics") or {}).get("bits")), **_ppl(r)})
+        metrics = r.get("metrics") or {}
+        bits = _num(metrics.get("bits_paper", metrics.get("bits")))  # the points' accounting
+        base_rows.append({"model": _model(r), "label": label, "bits": bits, **_ppl(r)})
     baselines = pd.DataFrame(base_rows, columns=["model", "label", "bits", *datasets])
     if not baselines.empty:
         grouped = baselines.groupby(["model", "label"], sort=False)
@@ -168,15 +190,28 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     return points, baselines
 
 
+def _strict_mean(values: pd.Series) -> float:
+    """The mean, NaN if any value is missing, inf if any diverged (never a mean of the rest)."""
+    values = values.astype(float)
+    if values.isna().any():
+        return math.nan
+    return math.inf if (values == math.inf).any() else float(values.mean())
+
+
 def _std(column: str) -> str:
     """``ppl_std:<dataset>`` of a ``ppl:<dataset>`` column."""
     return STD + column[len(PPL):]
 
 
+def _order(value: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order, then anything else as text (mixed values sort safely)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def _sort_key(column: pd.Series) -> pd.Series:
-    """Numbers in numeric order, then anything else as text (mixed columns sort safely)."""
-    return column.map(lambda v: (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool)
-                      else (1, 0.0, str(v)))
+    return column.map(_order)
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -189,7 +224,9 @@ def _series_label(sweep: Sweep, lines: Any, series: str) -> str:
 
 
 def _fmt_ppl(value: float) -> str:
-    return "-" if not math.isfinite(value) else f"{value:.2f}"
+    if math.isnan(value):
+        return "-"
+    return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.2f}"
 
 
 def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) -> str:
@@ -209,10 +246,12 @@ def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) 
             for row in group.to_dict("records"):
                 label = _series_label(sweep, row["lines"], row["series"])
                 header += [label] if label not in header else []
-                spread = f" ± {row[_std(column)]:.2f} (n={row['n']})" if row["n"] > 1 else ""
+                std = row[_std(column)]
+                spread = (f" ± {std:.2f}" if math.isfinite(std) else "") + f" (n={row['n']})" if row["n"] > 1 else ""
                 cell = f"{_fmt_ppl(row[column])}{spread} ({row['bits_paper']:.3f})"
                 grid.setdefault(row["x"], {})[label] = cell
-            table = pd.DataFrame([{sweep.x: str(x), **{h: cells.get(h, "-") for h in header}} for x, cells in grid.items()],
+            xs = sorted(grid, key=_order)  # numeric x in numeric order, whatever the series hold
+            table = pd.DataFrame([{sweep.x: str(x), **{h: grid[x].get(h, "-") for h in header}} for x in xs],
                                  columns=[sweep.x, *header])
             parts += [f"## {model}: {column[len(PPL):]}", "", markdown_table(table), ""]
             base = baselines[(baselines["model"] == model)] if not baselines.empty else baselines

@@ -152,6 +152,11 @@ def _check_sweeps(suite: Suite, path: Path) -> None:
                 f"{path}: field `report.sweeps[{i}].method`: '{sweep.method}' is not a method of this suite; "
                 f"use one of {', '.join(methods)}."
             )
+        if sweep.lines is not None and sweep.lines == sweep.x:
+            raise SuiteError(
+                f"{path}: field `report.sweeps[{i}].lines`: '{sweep.lines}' is also the x parameter; drop `lines` "
+                f"or name another parameter."
+            )
         try:
             fields = sorted(get_method(sweep.method).Config.model_fields)
         except UnknownMethodError:

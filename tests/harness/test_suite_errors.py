@@ -42,6 +42,8 @@ CASES = {
                              ["report.sweeps[0].method", "'crvq' is not a method of this suite", "rtn"]),
     "sweep_unknown_param": (VALID + "report: {sweeps: [{method: rtn, x: bitz}]}\n",
                             ["report.sweeps[0].x", "'bitz' is not a parameter of rtn", "group_size"]),
+    "sweep_lines_is_x": (VALID + "report: {sweeps: [{method: rtn, x: bits, lines: bits}]}\n",
+                         ["report.sweeps[0].lines", "also the x parameter"]),
     "sweep_missing_x": (VALID + "report: {sweeps: [{method: rtn}]}\n", ["report.sweeps[0].x", "missing"]),
     "not_a_mapping": ("- just\n- a list\n", ["YAML mapping"]),
     "bad_yaml": ("name: t\nmodels: [smollm2-135m\nmethods: x\n", ["not valid YAML"]),

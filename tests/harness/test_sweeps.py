@@ -67,7 +67,7 @@ def test_markdown_grid():
     assert "num_extended_codebooks=1, importance=wa" in header and "num_extended_codebooks=2, importance=random" in header
     row = next(line for line in md.splitlines() if line.startswith("|") and line.split("|")[1].strip() == "0.05")
     assert "90.00 (1.050)" in row and "85.00 ± 1.41 (n=2) (1.100)" in row and "95.00 (1.100)" in row
-    assert "Baselines: aqlm b1 100.00 (1.010 bits); none 10.00 (16.010 bits)." in md
+    assert "Baselines: aqlm b1 100.00 (1.000 bits); none 10.00 (16.000 bits)." in md
 
 
 def test_categorical_sweep_without_lines():
@@ -168,3 +168,44 @@ def test_equal_params_with_other_settings_warn(caplog):
     with caplog.at_level("WARNING", logger="harness.report.sweeps"):
         sweep_frame(records, Sweep("crvq", "critical_ratio", "num_extended_codebooks"))  # seeds only
     assert "other settings" not in caplog.text
+
+
+def test_grid_rows_in_numeric_order_when_series_differ():
+    records = [_crvq("a1", 0.01, 1, 90.0), _crvq("a2", 0.04, 1, 80.0),
+               _crvq("b1", 0.01, 2, 85.0), _crvq("b2", 0.02, 2, 82.0), _crvq("b3", 0.04, 2, 75.0)]
+    sweep = Sweep("crvq", "critical_ratio", "num_extended_codebooks")
+    md = sweep_markdown(*sweep_frame(records, sweep), sweep)
+    cells = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("|")]
+    xs = [c for c in cells if c[:1].isdigit()]
+    assert xs == ["0.01", "0.02", "0.04"]
+
+
+def test_missing_or_diverged_seed_is_not_averaged_away():
+    ok = _crvq("s0", 0.1, 1, 80.0, seed=0)
+    missing = _crvq("s1", 0.1, 1, 90.0, seed=1)
+    missing["metrics"]["perplexity"] = {}
+    diverged = _crvq("t0", 0.05, 1, 80.0, seed=0), _crvq("t1", 0.05, 1, math.inf, seed=1)
+    sweep = Sweep("crvq", "critical_ratio")
+    points, _ = sweep_frame([ok, missing, *diverged], sweep)
+    by_x = {r["x"]: r for r in points.to_dict("records")}
+    assert by_x[0.1]["n"] == 2 and math.isnan(by_x[0.1]["ppl:wiki"])
+    assert by_x[0.05]["n"] == 2 and by_x[0.05]["ppl:wiki"] == math.inf
+    md = sweep_markdown(points, _, sweep)
+    assert "| inf (n=2) (1.050) |" in md and "nan" not in md
+
+
+def test_baselines_in_the_points_bit_accounting():
+    _, baselines = sweep_frame(_records(), Sweep("crvq", "critical_ratio"))
+    assert baselines.set_index("label").loc["aqlm b1", "bits"] == pytest.approx(1.0)  # bits_paper, not bits
+
+
+def test_cli_sweep_names_are_checked(tmp_path, monkeypatch, capsys):
+    store = ResultStore(tmp_path / "results")
+    store.put(_records()[0])
+    for arg, fragment in (("crvq:critical_ration", "'critical_ration' is not a parameter of crvq"),
+                          ("crvq:importance:importance", "must differ from the x parameter"),
+                          ("crvx:bits", "unknown method 'crvx'")):
+        monkeypatch.setattr(sys, "argv", ["harness", "report", str(store.root), "--no-html", "--sweep", arg])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        assert exc.value.code == 2 and fragment in capsys.readouterr().err
