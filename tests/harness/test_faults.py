@@ -65,16 +65,23 @@ def test_sigkill_runner_20_times_then_resume_equals_uninterrupted(tmp_path, tiny
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     rng = random.Random(0)
-    # Half of the kills come at a random moment of a run (runner start-up, a worker importing,
-    # loading, quantizing, evaluating, writing); the other half just after a cell's record
-    # appeared (the driver reading it, the next worker starting, the report being written).
-    plan = ["anytime"] * (N_KILLS // 2) + ["after_record"] * (N_KILLS - N_KILLS // 2)
+    # A third of the kills come at a random moment of a run (runner start-up, a worker importing,
+    # loading, quantizing, evaluating, writing); a third while a worker runs a cell (whatever the
+    # machine's load does to start-up times); a third just after a cell's record appeared (the
+    # driver reading it, the next worker starting, the report being written).
+    third = N_KILLS // 3
+    plan = ["anytime"] * third + ["mid_cell"] * third + ["after_record"] * (N_KILLS - 2 * third)
     rng.shuffle(plan)
     finished_before = mid_cell = 0
     for i, kind in enumerate(plan):
         proc = _start(suite, faulty, env)
         if kind == "anytime" or finished_before == len(keys):
             time.sleep(rng.uniform(0.0, 6.0))
+        elif kind == "mid_cell":
+            deadline = time.time() + 120
+            while not _workers_of(faulty) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))
         else:
             deadline = time.time() + 120
             while len(_record_files(faulty)) == finished_before and proc.poll() is None and time.time() < deadline:
