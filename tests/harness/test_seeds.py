@@ -118,7 +118,8 @@ def test_quickstart_repeats_reuses_the_quickstart_cells():
     repeats = resolve_cells(suite, path)
     assert suite.output_dir == "results/quickstart"
     assert [c.label for c in repeats] == ["smollm2-135m/rtn/b2", "smollm2-135m/rtn/b2/s1", "smollm2-135m/rtn/b2/s2",
-                                          "smollm2-135m/aqlm/b1", "smollm2-135m/aqlm/b1/s1", "smollm2-135m/aqlm/b1/s2"]
+                                          "smollm2-135m/aqlm/b1", "smollm2-135m/aqlm/b1/s1", "smollm2-135m/aqlm/b1/s2",
+                                          "smollm2-135m/crvq/b1", "smollm2-135m/crvq/b1/s1", "smollm2-135m/crvq/b1/s2"]
     quick_keys = {c.key for c in quick.values()}
     for cell in repeats:
         if cell.seed == 0:
@@ -127,7 +128,7 @@ def test_quickstart_repeats_reuses_the_quickstart_cells():
             assert cell.key not in quick_keys
             base = quick[cell.label.rsplit("/", 1)[0]]
             assert cell.params == base.params and cell.evaluations == base.evaluations
-            if cell.calibration is not None:  # aqlm: another calibration sample
+            if cell.calibration is not None:  # aqlm, crvq: another calibration sample
                 assert cell.calibration.seed == cell.seed != base.calibration.seed
                 assert cell.calibration.model_copy(update={"seed": 0}) == base.calibration
 
