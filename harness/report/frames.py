@@ -28,7 +28,7 @@ from harness.report.repeats import (
 
 __all__ = [
     "ACC_AVG", "ACC_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame", "failures_frame",
-    "params_strings", "records_frame", "results_frame", "zero_shot_tasks",
+    "model_label", "params_strings", "records_frame", "results_frame", "to_float", "zero_shot_tasks",
 ]
 
 PPL_PREFIX = "ppl:"
@@ -47,7 +47,8 @@ def _is_reference(record: dict[str, Any]) -> bool:
     return bool(record.get("reference", record.get("method") == "none"))
 
 
-def _model_label(record: dict[str, Any]) -> str:
+def model_label(record: dict[str, Any]) -> str:
+    """The model's label of a record (its `model.label`, else the first part of the cell label)."""
     model = record.get("model") or {}
     return str(model.get("label") or str(record.get("label", "?")).split("/")[0])
 
@@ -88,7 +89,7 @@ def params_strings(records: Sequence[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _num(value: Any) -> float:
+def to_float(value: Any) -> float:
     """A float, NaN for missing; ``inf`` stays ``inf``."""
     try:
         return float(value) if value is not None else math.nan
@@ -125,29 +126,29 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         metrics = r.get("metrics") or {}
         ppl = metrics.get("perplexity") or {}
         datasets.extend(d for d in ppl if d not in datasets)
-        size = _num(metrics.get("size_bytes"))
+        size = to_float(metrics.get("size_bytes"))
         row = {
-            "model": _model_label(r),
+            "model": model_label(r),
             "method": _method_label(r),
             "budget": r.get("budget"),
             "params": params[r["key"]],
             "seed": record_seed(r),
-            "bits": _num(metrics.get("bits")),
-            "bits_paper": _num(metrics.get("bits_paper")),
-            "model_bits": _num(metrics.get("model_bits")),
+            "bits": to_float(metrics.get("bits")),
+            "bits_paper": to_float(metrics.get("bits_paper")),
+            "model_bits": to_float(metrics.get("model_bits")),
             "size_mb": size / 1e6,
-            "quantize_s": _num((r.get("timings") or {}).get("quantize_s")),
+            "quantize_s": to_float((r.get("timings") or {}).get("quantize_s")),
             "reference": _is_reference(r),
             "key": r["key"],
         }
         for d, v in ppl.items():
-            row[PPL_PREFIX + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+            row[PPL_PREFIX + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
             row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([window_nll(r, d)])
         for t, v in zero_shot_tasks(r).items():
             if t not in tasks:
                 tasks.append(t)
-            row[ACC_PREFIX + t] = _num(v.get("acc"))
-            row[ACC_SE + t] = _num(v.get("acc_stderr"))
+            row[ACC_PREFIX + t] = to_float(v.get("acc"))
+            row[ACC_SE + t] = to_float(v.get("acc_stderr"))
         throughput = throughput_columns(r)
         batches.extend(c[len(TOK_PREFIX):] for c in throughput if c.startswith(TOK_PREFIX) and c[len(TOK_PREFIX):] not in batches)
         row.update(throughput)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.frames import model_label, to_float
 from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.report.reference import Reference, ReferenceEntry
 from harness.report.repeats import record_seed, repeat_group
@@ -72,13 +73,6 @@ def _method_name(record: dict[str, Any]) -> str:
     return _METHOD_NAMES.get(label, label)
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
     """One row from the rows of one configuration's seeds: means and `std:<column>` (both NaN
     where a seed lacks the value; the std also for one seed) and `n`."""
@@ -86,7 +80,7 @@ def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict
     if len(rows) == 1:
         return out
     for c in columns[3:]:
-        values = [_num(row.get(c)) for row in rows]
+        values = [to_float(row.get(c)) for row in rows]
         out[c] = math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
         if c.startswith((PPL, ZS)):
             out[STD + c] = math.nan if math.isnan(out[c]) else float(pd.Series(values).std(ddof=1))
@@ -116,17 +110,17 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
 
     def result_row(r: dict[str, Any]) -> dict[str, Any]:
         m = r.get("metrics") or {}
-        row = {"model": str((r.get("model") or {}).get("label") or r["label"].split("/")[0]), "method": _method_name(r),
-               "kind": "result", "bits": _num(m.get("bits_paper")), "stored_bits": _num(m.get("bits"))}
+        row = {"model": model_label(r), "method": _method_name(r),
+               "kind": "result", "bits": to_float(m.get("bits_paper")), "stored_bits": to_float(m.get("bits"))}
         for d, v in (m.get("perplexity") or {}).items():
-            row[PPL + d] = _num(v.get("ppl") if isinstance(v, dict) else v)
+            row[PPL + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
         for t, v in _zero_shot(r).items():
             acc = _accuracy(v, metric)
             row[ZS + t] = math.nan if acc is None else 100 * acc
         return row
 
     def published_row(model: str, e: ReferenceEntry) -> dict[str, Any]:
-        row = {"model": model, "method": f"{e.label} [{e.source}]", "kind": "published", "bits": _num(e.bits),
+        row = {"model": model, "method": f"{e.label} [{e.source}]", "kind": "published", "bits": to_float(e.bits),
                "stored_bits": math.nan}
         for k, v in e.metrics.items():
             row[(ZS if k in tasks else PPL) + k] = 100 * v if k in tasks else v

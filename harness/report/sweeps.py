@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.report.display import markdown_table
+from harness.report.frames import model_label, to_float
+from harness.report.plots import _MARKERS, _log_y, _render, _safe
 from harness.report.repeats import repeat_group
 from harness.store import ResultStore, atomic_write_bytes, atomic_write_text
 
@@ -47,7 +48,6 @@ __all__ = ["Sweep", "as_sweeps", "sweep_frame", "sweep_markdown", "write_sweeps"
 
 PPL = "ppl:"
 STD = "ppl_std:"
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,6 @@ class Sweep:
         """``sweep_<method>_<x>[_by_<lines>]`` (file-name safe)."""
         name = f"sweep_{self.method}_{self.x}" + (f"_by_{self.lines}" if self.lines else "")
         return _safe(name)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "x"
 
 
 def as_sweeps(items: Iterable[Any]) -> list[Sweep]:
@@ -118,17 +114,6 @@ def _ppl(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _model(record: dict[str, Any]) -> str:
-    return str((record.get("model") or {}).get("label") or str(record.get("label", "?")).split("/")[0])
-
-
-def _num(value: Any) -> float:
-    try:
-        return float(value) if value is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, baselines). points: one row per (model, x, lines, other varying params) of
     the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
@@ -150,9 +135,9 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     for r, p in zip(members, params):
         metrics = r.get("metrics") or {}
         rows.append({
-            "model": _model(r), "x": p[sweep.x], "lines": p.get(sweep.lines) if sweep.lines else None,
+            "model": model_label(r), "x": p[sweep.x], "lines": p.get(sweep.lines) if sweep.lines else None,
             "series": " ".join(f"{k}={p[k]}" for k in varying if k in p),
-            "bits": _num(metrics.get("bits")), "bits_paper": _num(metrics.get("bits_paper")), **_ppl(r),
+            "bits": to_float(metrics.get("bits")), "bits_paper": to_float(metrics.get("bits_paper")), **_ppl(r),
         })
     datasets = list(dict.fromkeys(c for row in rows for c in row if c.startswith(PPL)))
     columns = ["model", "x", "lines", "series", "n", "bits", "bits_paper", *datasets]
@@ -172,14 +157,14 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     models = set(points["model"])
     base_rows = []
     for r in ok:
-        if r.get("method") == sweep.method or _model(r) not in models:
+        if r.get("method") == sweep.method or model_label(r) not in models:
             continue
         label = str(r.get("method_label") or r.get("method"))
         if r.get("budget") is not None:
             label += f" b{r['budget']}"
         metrics = r.get("metrics") or {}
-        bits = _num(metrics.get("bits_paper", metrics.get("bits")))  # the points' accounting
-        base_rows.append({"model": _model(r), "label": label, "bits": bits, **_ppl(r)})
+        bits = to_float(metrics.get("bits_paper", metrics.get("bits")))  # the points' accounting
+        base_rows.append({"model": model_label(r), "label": label, "bits": bits, **_ppl(r)})
     baselines = pd.DataFrame(base_rows, columns=["model", "label", "bits", *datasets])
     if not baselines.empty:
         grouped = baselines.groupby(["model", "label"], sort=False)
@@ -266,8 +251,6 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
     vs bits_paper of the same points; baselines as labelled horizontal lines on both."""
     from matplotlib.figure import Figure
 
-    from harness.report.plots import _log_y
-
     rows = points[(points["model"] == model)]
     rows = rows[rows[column].map(lambda v: math.isfinite(v) and v > 0)]
     if rows.empty:
@@ -346,8 +329,6 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
 def write_sweeps(store: ResultStore, sweeps: Sequence[Sweep], *, plots: Sequence[str] = ("png", "svg"),
                  records: Sequence[dict[str, Any]] | None = None) -> list[Path]:
     """Write each sweep's table (Markdown + CSV) and plots; returns the paths."""
-    from harness.report.plots import _render
-
     records = store.records() if records is None else records
     written: list[Path] = []
     for sweep in as_sweeps(sweeps):
