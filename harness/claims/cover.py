@@ -1,0 +1,234 @@
+"""Which (model, budget) groups of a results directory a claim covers, and the measurement of
+each: equal budgets paired by seed as ``harness compare`` pairs them, or — for ``at:
+matched_bits`` — the against cells paired with the base's frontier interpolated at their bits."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness.analysis.compare import _by_seed, method_label, model_label
+from harness.analysis.stats import DEFAULT_RESAMPLES
+from harness.claims.measure import (
+    Cover,
+    Record,
+    _acc_effect,
+    _at,
+    _Base,
+    _budget,
+    _budget_text,
+    _dataset,
+    _mean_bits,
+    _nll_effect,
+    _NotCovered,
+    _one_line,
+    _pairs,
+    _plain_effect,
+    _window_nll,
+    side_records,
+)
+from harness.claims.schema import Check, Metric, parse_metric
+from harness.claims.verdict import Measurement
+from harness.errors import HarnessError
+from harness.report.pareto import pareto_indices
+
+__all__ = ["measure_check"]
+
+
+def _models(*groups: Sequence[Record]) -> list[str]:
+    return list(dict.fromkeys(model_label(r) for rows in groups for r in rows))
+
+
+def _sorted_budgets(budgets: set[int | None]) -> list[int | None]:
+    return sorted(budgets, key=lambda b: (b is not None, b or 0))
+
+
+def _measure(check: Check, metric: Metric, model: str, budget: int | None, bases: list[_Base],
+             against: list[Record], where: str, resamples: int, seed: int) -> Measurement:
+    if metric.kind in ("ppl", "bpb"):
+        m = _nll_effect(check, metric, against, bases, where, resamples, seed)
+    elif metric.kind == "acc":
+        m = _acc_effect(check, metric, model, budget, [(b.low, a) for b, a in zip(bases, against)], against)
+    else:
+        m = _plain_effect(check, metric, [(b.low, a) for b, a in zip(bases, against)], against)
+    base_bits = None
+    if bases:
+        values = [b.mix(lambda r: (r.get("metrics") or {}).get(check.bits, np.nan)) for b in bases]
+        base_bits = float(np.mean(values)) if np.isfinite(values).all() else None
+    return dataclasses.replace(m, against_bits=_mean_bits(against, check.bits), base_bits=base_bits)
+
+
+def measure_check(check: Check, records: Sequence[Record], where: str, *,
+                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[Cover]:
+    """One :class:`Cover` per (model, budget) of ``records`` the check's sides cover; a single
+    Cover without a model when no cell of the claim's methods is there."""
+    metric = parse_metric(check.metric)
+    sides = {name: side_records(records, side) for name, side in check.sides.items()}
+    missing = [f"{name} {check.sides[name].describe()}" for name, rows in sides.items() if not rows]
+    if missing:
+        return [Cover(None, check.budget, reason=f"no finished cell of {' and '.join(missing)}")]
+    try:
+        if check.change is None:
+            return _value_covers(check, metric, _one_line(sides["method"], check.method), where, resamples, seed)
+        against = _one_line(sides["against"], check.against)
+        if check.at == "matched_bits":
+            labels = {method_label(r) for r in against}
+            base = [r for r in sides["base"] if method_label(r) not in labels]
+            if not base:
+                return [Cover(None, check.budget, reason=f"no base cell besides the against line {', '.join(labels)}")]
+            return _matched_covers(check, metric, base, against, where, resamples, seed)
+        return _budget_covers(check, metric, _one_line(sides["base"], check.base), against, where, resamples, seed)
+    except _NotCovered as exc:
+        return [Cover(None, check.budget, reason=str(exc))]
+
+
+def _run(check: Check, metric: Metric, model: str, budget: int | None, make, where: str, resamples: int,
+         seed: int, matched: str = "") -> Cover:
+    """Cover of one group: ``make()`` gives (bases, against); a failure becomes the reason."""
+    try:
+        bases, against, matched = make()
+        m = _measure(check, metric, model, budget, bases, against, where, resamples, seed)
+        return Cover(model, budget, dataclasses.replace(m, matched=matched) if matched else m)
+    except (_NotCovered, HarnessError, ValueError) as exc:
+        return Cover(model, budget, reason=str(exc))
+
+
+def _value_covers(check: Check, metric: Metric, rows: list[Record], where: str, resamples: int, seed: int) -> list[Cover]:
+    covers = []
+    for model in _models(rows):
+        mine = [r for r in rows if model_label(r) == model]
+        budgets = [check.budget] if check.budget is not None else _sorted_budgets({_budget(r) for r in mine})
+        for budget in budgets:
+            at = [r for r in mine if _budget(r) == budget]
+            if not at:
+                have = ", ".join(_budget_text(b) for b in _sorted_budgets({_budget(r) for r in mine}))
+                covers.append(Cover(model, budget, reason=f"no {check.method.describe()} cell at budget {budget} on "
+                                                          f"{model} (it has {have})"))
+                continue
+
+            def make(at=at, budget=budget, model=model):
+                group = f"{model}/{_budget_text(budget)}"
+                return [], list(_by_seed(at, method_label(at[0]), group, where).values()), ""
+
+            covers.append(_run(check, metric, model, budget, make, where, resamples, seed))
+    return covers
+
+
+def _budget_covers(check: Check, metric: Metric, base: list[Record], against: list[Record], where: str,
+                   resamples: int, seed: int) -> list[Cover]:
+    covers = []
+    for model in _models(against, base):
+        b_rows = [r for r in base if model_label(r) == model]
+        a_rows = [r for r in against if model_label(r) == model]
+        if not b_rows or not a_rows:
+            side = check.base if not b_rows else check.against
+            covers.append(Cover(model, check.budget, reason=f"no {side.describe()} cell on {model}"))
+            continue
+        b_budgets, a_budgets = {_budget(r) for r in b_rows}, {_budget(r) for r in a_rows}
+        if check.budget is not None:
+            budgets = [check.budget]
+        else:
+            budgets = [b for b in _sorted_budgets((b_budgets | a_budgets) - {None})
+                       if (b in b_budgets or None in b_budgets) and (b in a_budgets or None in a_budgets)]
+        if not budgets:
+            covers.append(Cover(model, None, reason=f"{check.base.describe()} and {check.against.describe()} share no "
+                                                    f"budget on {model}"))
+            continue
+        for budget in budgets:
+            bb, aa = _at(b_rows, model, budget), _at(a_rows, model, budget)
+            if not bb or not aa:
+                side = check.base if not bb else check.against
+                covers.append(Cover(model, budget, reason=f"no {side.describe()} cell at budget {budget} on {model}"))
+                continue
+
+            def make(bb=bb, aa=aa, budget=budget, model=model):
+                pairs = _pairs(bb, aa, f"{model}/{_budget_text(budget)}", where)
+                return [_Base(b) for b, _ in pairs], [a for _, a in pairs], ""
+
+            covers.append(_run(check, metric, model, budget, make, where, resamples, seed))
+    return covers
+
+
+# --------------------------------------------------------------------------- matched bits
+
+def _config(r: Record) -> str:
+    return json.dumps([method_label(r), _budget(r), r.get("params") or {}], sort_keys=True, default=str)
+
+
+def _frontier(check: Check, metric: Metric, rows: list[Record], ds: str) -> list[tuple[float, list[Record]]]:
+    """The base's Pareto frontier (bits vs mean NLL on ``ds``, over its cell configs, seeds averaged),
+    sorted by bits: [(bits, records of that config), ...]."""
+    configs: dict[str, list[Record]] = {}
+    for r in rows:
+        configs.setdefault(_config(r), []).append(r)
+    points = []
+    for group in configs.values():
+        bits = _mean_bits(group, check.bits)
+        try:
+            nll = float(np.mean([np.mean(_window_nll(r, ds)) for r in group]))
+        except (KeyError, TypeError):
+            continue
+        if bits is not None:
+            points.append((bits, nll, group))
+    if not points:
+        raise _NotCovered(f"no base cell with {check.bits} and {ds} losses to build a frontier from")
+    front = pareto_indices([p[0] for p in points], [p[1] for p in points])
+    return [(points[i][0], points[i][2]) for i in front]
+
+
+def _label(rows: list[Record]) -> str:
+    return f"{method_label(rows[0])} {_budget_text(_budget(rows[0]))}".replace(" -", "")
+
+
+def _matched_covers(check: Check, metric: Metric, base: list[Record], against: list[Record], where: str,
+                    resamples: int, seed: int) -> list[Cover]:
+    covers = []
+    base_name = check.base.describe()
+    for model in _models(against, base):
+        b_rows = [r for r in base if model_label(r) == model]
+        a_rows = [r for r in against if model_label(r) == model]
+        if not b_rows or not a_rows:
+            side = check.base if not b_rows else check.against
+            covers.append(Cover(model, check.budget, reason=f"no {side.describe()} cell on {model}"))
+            continue
+        budgets = [check.budget] if check.budget is not None else _sorted_budgets({_budget(r) for r in a_rows})
+        for budget in budgets:
+            aa = [r for r in a_rows if _budget(r) == budget]
+            if not aa:
+                covers.append(Cover(model, budget, reason=f"no {check.against.describe()} cell at budget {budget} on {model}"))
+                continue
+
+            def make(aa=aa, budget=budget, model=model, b_rows=b_rows):
+                ds, _ = _dataset(b_rows + aa, metric.what)
+                front = _frontier(check, metric, b_rows, ds)
+                x = _mean_bits(aa, check.bits)
+                if x is None:
+                    raise _NotCovered(f"the {check.against.describe()} cells record no {check.bits}")
+                xs = [p[0] for p in front]
+                if not xs[0] <= x <= xs[-1]:
+                    span = f"{xs[0]:.3f}" if len(xs) == 1 else f"{xs[0]:.3f}–{xs[-1]:.3f}"
+                    raise _NotCovered(
+                        f"matched bits: {check.against.describe()} at {x:.3f} {check.bits} lies outside {base_name}'s "
+                        f"frontier on {model} ({span} {check.bits}); a frontier is not extrapolated: run {base_name} at "
+                        f"budgets on both sides of it")
+                i = int(np.searchsorted(xs, x, side="right")) - 1
+                lo, hi = front[i], front[min(i + 1, len(front) - 1)]
+                alpha = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
+                group = f"{model}/{_budget_text(budget)}"
+                to_lo = {a["key"]: b for b, a in _pairs(lo[1], aa, group, where)}
+                to_hi = {a["key"]: b for b, a in _pairs(hi[1], aa, group, where)} if alpha > 0 else to_lo
+                keys = [a["key"] for a in aa if a["key"] in to_lo and a["key"] in to_hi]
+                bases = [_Base(to_lo[k], to_hi[k] if alpha > 0 else None, alpha) for k in keys]
+                against_rows = [next(a for a in aa if a["key"] == k) for k in keys]
+                if alpha == 0:
+                    text = f"matched bits: {_label(lo[1])} at {lo[0]:.3f} {check.bits}, the same as {check.against.describe()}"
+                else:
+                    text = (f"matched bits: {base_name}'s frontier interpolated at {check.against.describe()}'s {x:.3f} "
+                            f"{check.bits}, between {_label(lo[1])} ({lo[0]:.3f}) and {_label(hi[1])} ({hi[0]:.3f}), "
+                            f"log-perplexity linear in bits per window")
+                return bases, against_rows, text
+
+            covers.append(_run(check, metric, model, budget, make, where, resamples, seed))
+    return covers
