@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.quantizer import QuantizedLinear, StoredTensor
-from methods.common.triton_support import kernels_usable
+from methods.common.triton_support import guarded_launch, kernels_usable
 
 __all__ = ["AQLMLinear", "aqlm_formula_bits", "aqlm_quantization_config"]
 
@@ -278,8 +278,10 @@ class AQLMLinear(QuantizedLinear):
             if plan is not None:
                 from methods.aqlm import kernels
 
-                self.last_path = plan.path
-                return kernels.vq_gemv(x2, plan).reshape(*lead, self.out_features)
+                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: kernels.vq_gemv(x2, plan))
+                if y is not None:
+                    self.last_path = plan.path
+                    return y.reshape(*lead, self.out_features)
         if n * self._table_entries > self.lookup_max_entries:
             self.last_path = "dequantize+matmul"
             return self.reference_forward(x)

@@ -32,7 +32,7 @@ from torch import nn
 
 from harness.quantizer import QuantizedLinear, StoredTensor
 from methods.common.packing import MAX_BITS, pack_rows, packed_length, unpack_rows
-from methods.common.triton_support import kernels_usable
+from methods.common.triton_support import guarded_launch, kernels_usable
 
 __all__ = ["GroupIntLinear", "int4pack_plan"]
 
@@ -266,8 +266,10 @@ class GroupIntLinear(QuantizedLinear):
             if plan is not None:
                 from methods.common import kernels
 
-                self.last_path = plan.path
-                return kernels.int_gemv(x2, plan)
+                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: kernels.int_gemv(x2, plan))
+                if y is not None:
+                    self.last_path = plan.path
+                    return y
         elif x2.device.type == "cpu" and x2.dtype == torch.bfloat16:
             plan = self._plan("int4pack", x2)
             if plan is not None:
