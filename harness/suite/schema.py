@@ -204,6 +204,10 @@ class ReportSpec(_Strict):
         default_factory=list,
         description="parameter sweeps written to tables/ and plots/sweep_*, e.g. [{method: crvq, x: critical_ratio, lines: num_extended_codebooks}]",
     )
+    claims: list[str] = Field(
+        default_factory=list,
+        description="claims files checked against the results (`harness verify`): tables/claims.{md,csv}, e.g. [suites/claims/crvq.yaml]",
+    )
 
 
 ExecutorType = Literal["local", "ray", "slurm"]
