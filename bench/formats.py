@@ -101,10 +101,14 @@ def _crvq(nbits: int = 8, extended: int = 3, ratio: float = 0.02, g: int = 8) ->
 #: Format name -> builder of one packed layer from a dense linear.
 FORMATS: dict[str, Callable[[nn.Linear, torch.Generator], QuantizedLinear]] = {
     "rtn-4b-g64": _rtn(4, 64),
+    "rtn-4b-g128": _rtn(4, 128),
     "rtn-3b-g64": _rtn(3, 64),
     "rtn-2b-g64": _rtn(2, 64),
+    "rtn-2b-g128": _rtn(2, 128),
     "gptq-4b-g64-actorder": _gptq(4, 64),
+    "gptq-4b-g128-actorder": _gptq(4, 128),
     "gptq-2b-g64-actorder": _gptq(2, 64),
+    "gptq-2b-g128-actorder": _gptq(2, 128),
     "aqlm-1x8": _aqlm(1, 8),
     "aqlm-2x8": _aqlm(2, 8),
     "aqlm-1x16": _aqlm(1, 16),

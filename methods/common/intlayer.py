@@ -316,6 +316,19 @@ class GroupIntLinear(QuantizedLinear):
             tensors.append(StoredTensor("g_idx", self.g_idx, 32))
         return tensors
 
+    def bytes_read_per_call(self) -> int | None:
+        """Bytes the last call's packed kernel read, where they differ from the stored tensors:
+        the Triton GEMV reads the packed codes, float16 scales and float32 zero x scale (not the
+        packed zeros), g_idx and the bias. None for the other paths (throughput counts those)."""
+        if not (self.last_path or "").startswith("triton-int"):
+            return None
+        total = self.qweight.numel() * 4 + self.scales.numel() * (2 + 4)
+        if self.g_idx is not None:
+            total += self.g_idx.numel() * 4
+        if self.bias is not None:
+            total += self.bias.numel() * self.bias.element_size()
+        return total
+
     def formula_bits(self) -> float:
         """bits + (16-bit scale + bits-bit zero) per group of one row (+ 32-bit g_idx per column)."""
         value = self.bits + (16 + self.bits) * self.num_groups / self.in_features

@@ -177,3 +177,35 @@ def test_throughput_spec_changes_the_key_only_when_given(tmp_path, tiny_llama_di
     path.write_text(bad)
     with pytest.raises(SuiteError, match="batch_sizes"):
         load_suite(path)
+
+
+def test_decode_steps_pass_positions_and_a_replayed_step_matches_eager(dense):
+    """The decode step takes its positions from a device tensor advanced in place: eager decoding
+    reproduces a no-cache forward of the whole sequence, and the step the CUDA graph captures,
+    replayed teacher-forced on eager's tokens (here run eagerly on CPU), gives the same logits."""
+    from harness.metrics.throughput import _Decoder
+
+    settings = DecodeSettings(prompt_len=3, new_tokens=5)
+    for model in (dense, build_variant(dense, "aqlm-1x8")):
+        dec = _Decoder(model, 2, settings)
+        with torch.inference_mode():
+            tokens, logits = dec._eager_trace(5)
+            first = model(input_ids=dec.prompt, use_cache=False).logits[:, -1:].argmax(-1)  # the prefill's token
+            full = model(input_ids=torch.cat([dec.prompt, first, tokens[:, :-1]], 1), use_cache=False).logits.float()
+            expected = full[:, settings.prompt_len:].transpose(0, 1)  # step k sees position prompt_len + k
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+            assert int(dec.position) == settings.prompt_len + 5
+            dec.static_ids = tokens[:, :1].clone()
+            dec.static_logits = logits[0].clone()
+            assert dec.check_replay(dec._graph_step, 5) == 0.0
+
+
+def test_int_gemv_bytes_count_the_tensors_the_kernel_reads(dense):
+    """The Triton int GEMV reads float32 zero x scale instead of the packed zeros."""
+    model = build_variant(dense, "gptq-2b-g64-actorder")
+    stored = bytes_read_per_step(model)
+    layers = quantized_layers(model).values()
+    for layer in layers:
+        layer.last_path = "triton-int2-gemv"
+    extra = sum(m.scales.numel() * 4 - m.qzeros.numel() * 4 for m in layers)
+    assert bytes_read_per_step(model) == stored + extra
