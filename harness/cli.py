@@ -1,4 +1,4 @@
-"""Command line: `harness run | validate | list | report | show | compare | inspect | bits`.
+"""Command line: `harness run | validate | list | report | show | compare | verify | inspect | bits`.
 
 Only this module turns exceptions into a one-paragraph message and an exit code:
 0 success, 1 some cell failed, 2 bad input (suite, arguments, paths). `--debug` shows tracebacks.
@@ -21,6 +21,7 @@ from harness.cli_output import (
     compact_record,
     console,
     out,
+    print_claims,
     print_comparison,
     print_plan,
     print_records,
@@ -77,8 +78,11 @@ def run(
     from harness.store import ResultStore
     from harness.suite import load_suite, output_dir, resolve_cells
 
+    from harness.claims.report import suite_claim_files
+
     suite = load_suite(suite_path, stand_in=stand_in)
     print_stand_in(suite)
+    claims = suite_claim_files(suite.report.claims, suite_path)
     cells = _select(resolve_cells(suite, suite_path), only)
     if not cells:
         raise HarnessError(f"{suite_path}: no cell matches --only {only!r}; run with --dry-run to see the cell labels.")
@@ -91,7 +95,7 @@ def run(
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
     records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
-                         compare=suite.report.compare, sweeps=suite.report.sweeps)
+                         compare=suite.report.compare, sweeps=suite.report.sweeps, claims=claims)
     print_records(records)
     for p in paths:
         out.print(f"wrote {p}")
@@ -107,12 +111,14 @@ def validate(
     stand_in: Optional[str] = typer.Option(None, "--stand-in", help=STAND_IN_HELP),
 ) -> None:
     """Check a suite file (schema, methods, params, budgets, models, datasets) without running it."""
+    from harness.claims.report import suite_claim_files
     from harness.executors import check_executor
     from harness.suite import load_suite, resolve_cells
 
     suite = load_suite(suite_path, stand_in=stand_in)
     print_stand_in(suite)
     cells = resolve_cells(suite, suite_path)
+    suite_claim_files(suite.report.claims, suite_path)
     check_executor(suite.executor)
     out.print(f"{suite_path}: valid — {len(cells)} cells ({len(suite.models)} models × {len(suite.methods)} method lines)")
 
@@ -167,6 +173,7 @@ def report(
     html: bool = typer.Option(True, "--html/--no-html", help="also write report.html (tables, plots, suite, environment in one offline page)"),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="BASE:AGAINST method labels: paired comparison in tables/compare.{md,csv} (repeatable)"),
     sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="METHOD:PARAM[:LINES_PARAM]: perplexity vs a method parameter in tables/ and plots/sweep_* (repeatable)"),
+    claims: Optional[list[Path]] = typer.Option(None, "--claims", help="claims YAML checked against the results: tables/claims.{md,csv} (repeatable; see `harness verify`)"),
 ) -> None:
     """(Re)write the tables, plots and report.html of a results directory; `--layout paper` writes
     tables/paper.{md,tex} in the papers' shape (optionally with published numbers). Without
@@ -192,6 +199,12 @@ def report(
     sweeps = as_sweeps(sweep or [spec for r in saved for spec in r.sweeps])
     if sweep:
         check_sweeps(sweeps)
+    if claims:
+        from harness.claims import load_claims
+
+        for path in claims:
+            load_claims(path)  # a bad file given here is an error (saved suites' files only warn)
+    claim_files = list(dict.fromkeys(claims or [c for r in saved for c in r.claims]))
     if layout == "paper":
         from harness.report.paper import write_paper_tables
         from harness.report.reference import load_reference
@@ -203,6 +216,10 @@ def report(
             from harness.report.sweeps import write_sweeps
 
             paths += write_sweeps(store, sweeps)
+        if claim_files:
+            from harness.claims.report import write_claims_report
+
+            paths += write_claims_report(store, claim_files)
         if html:  # report.html shows tables/paper.md too
             from harness.report.html import write_html_report
 
@@ -210,7 +227,7 @@ def report(
         for p in paths:
             out.print(f"wrote {p}")
         return
-    paths = write_report(store, title=results_dir.name, html=html, compare=pairs, sweeps=sweeps)
+    paths = write_report(store, title=results_dir.name, html=html, compare=pairs, sweeps=sweeps, claims=claim_files)
     print_records(store.records())
     for p in paths:
         out.print(f"wrote {p}")
@@ -264,6 +281,36 @@ def compare(
             paths, metric = write_layer_overlay(store.plots_dir, c.base, c.against, c.model, c.budget)
             for p in paths:
                 out.print(f"wrote {p} (per-layer {metric})", highlight=False, markup=False)
+
+
+@app.command()
+def verify(
+    claims_path: Path = typer.Argument(..., metavar="CLAIMS", help="claims YAML file, e.g. suites/claims/crvq.yaml"),
+    results_dirs: list[Path] = typer.Argument(..., metavar="RESULTS_DIR...", help="results directories, e.g. results/quickstart"),
+    write: bool = typer.Option(False, "--write", help="also write tables/claims.{md,csv} into each results directory"),
+    resamples: int = typer.Option(2000, "--resamples", help="bootstrap resamples"),
+) -> None:
+    """Check every claim of a claims file against results: per claim, results directory, model and
+    budget a verdict (reproduced, weaker, stronger, contradicted, inconclusive, not covered) with
+    the measured effect and its CI (the paired bootstrap of `harness compare`)."""
+    from harness.claims import load_claims, verify_claims
+    from harness.claims.report import write_claim_tables
+    from harness.store import ResultStore
+
+    claims = load_claims(claims_path)
+    for results_dir in results_dirs:
+        if not (results_dir / "records").is_dir():
+            raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
+    if resamples < 100:
+        raise HarnessError(f"--resamples {resamples}: use at least 100 (2000 is the default).")
+    stores = [ResultStore(d) for d in results_dirs]
+    rows = verify_claims(claims, stores, resamples=resamples)
+    print_claims(claims, rows)
+    if write:
+        for store in stores:
+            mine = [r for r in rows if r.results == store.root.name]
+            for p in write_claim_tables(store, mine, title=f"Claims: {claims.name}"):
+                out.print(f"wrote {p}", highlight=False, markup=False)
 
 
 @app.command()

@@ -13,11 +13,12 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from harness.analysis.compare import CompareResult
+    from harness.claims import ClaimsFile, ClaimVerdict
     from harness.store import ResultStore
     from harness.suite import Cell, Suite
 
-__all__ = ["compact_record", "console", "out", "print_comparison", "print_plan", "print_records", "print_stand_in",
-           "zero_shot_cell"]
+__all__ = ["compact_record", "console", "out", "print_claims", "print_comparison", "print_plan", "print_records",
+           "print_stand_in", "zero_shot_cell"]
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -57,6 +58,22 @@ def print_comparison(result: CompareResult) -> None:
                        f"from lm-eval's stderr)", zero_shot_display_rows(result)))
     for note in result.notes:
         out.print(f"note: {note}", highlight=False, markup=False)
+
+
+def print_claims(claims: ClaimsFile, rows: Sequence[ClaimVerdict]) -> None:
+    """Per claim its source and statement, then one verdict line per results directory, model and
+    budget (measured effect, CI, claimed effect, how it was measured), then the verdict counts."""
+    from collections import Counter
+
+    for claim in claims.claims:
+        where = f", {claim.table}" if claim.table else ""
+        out.print(f"{claim.id} ({claim.source}{where}; claimed model {claim.check.model}): {claim.statement}",
+                  highlight=False, markup=False)
+        for row in (r for r in rows if r.claim.id == claim.id):
+            out.print(f"  {row.line(with_claim=False)}", highlight=False, markup=False, soft_wrap=True)
+    counts = Counter(r.verdict for r in rows)
+    out.print(f"{len(rows)} verdict(s) for {len(claims.claims)} claim(s): "
+              + ", ".join(f"{n} {v}" for v, n in counts.most_common()), highlight=False, markup=False)
 
 
 def compact_record(record: dict[str, Any]) -> dict[str, Any]:

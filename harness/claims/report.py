@@ -13,7 +13,7 @@ from harness.claims.verdict import NOT_COVERED
 from harness.claims.verify import ClaimVerdict
 from harness.store import ResultStore, atomic_write_text
 
-__all__ = ["claims_markdown", "display_rows", "write_claim_tables", "write_claims_report"]
+__all__ = ["claims_markdown", "display_rows", "suite_claim_files", "write_claim_tables", "write_claims_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +105,22 @@ def write_claims_report(store: ResultStore, claim_files: Sequence[str | Path], *
     if not names:
         return []
     return write_claim_tables(store, rows, title=f"Claims: {', '.join(names)}")
+
+
+def suite_claim_files(paths: Sequence[str], suite_path: Path) -> list[Path]:
+    """The claims files of a suite's ``report.claims`` (read from the working directory or the
+    suite's folder), each loaded once to validate it; ClaimsError naming the suite field otherwise."""
+    from harness.claims.schema import ClaimsError, load_claims
+    from harness.suite import resolve_path
+
+    found = []
+    for i, value in enumerate(paths):
+        path = resolve_path(value, Path(suite_path))
+        if path is None or not path.is_file():
+            raise ClaimsError(
+                f"{suite_path}: field `report.claims[{i}]`: claims file '{value}' not found. Give the path of a claims "
+                f"YAML (relative to the working directory or the suite's folder), e.g. suites/claims/crvq.yaml."
+            )
+        load_claims(path)
+        found.append(path)
+    return found

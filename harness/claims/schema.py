@@ -80,7 +80,13 @@ class SideSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="params a cell must have, e.g. {num_codebooks: 2}")
 
     def describe(self) -> str:
-        text = self.label or self.method
+        """``crvq``, ``crvq-r0.02-e3``, ``crvq (every line)``, ``aqlm (num_codebooks=2)``."""
+        if self.label is None or self.label == self.method:
+            text = self.method
+        elif self.label == "*":
+            text = f"{self.method} (every line)"
+        else:
+            text = self.label if not any(c in self.label for c in "*?[") else f"{self.method} ({self.label})"
         if self.params:
             text += " (" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
         return text

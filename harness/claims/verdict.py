@@ -7,6 +7,8 @@ a measured CI ``[lo, hi]`` (closed: a claim exactly at an edge of the CI is insi
 - **reproduced**: the CI contains the claim, or lies within the tolerance (``[c − t, c + t]``);
 - **contradicted**: the CI excludes zero with the sign opposite to the claim's (for a claim of
   no change — a range that contains zero — a CI that excludes the range contradicts it);
+  a one-sided claim (``[-.inf, 0]``: "any reduction") is a direction: reproduced by a CI below
+  zero, inconclusive for one that holds zero, contradicted by one above;
 - **weaker**: same sign as the claim (or not distinguishable from zero), the CI between zero and
   the claim: the effect is smaller than claimed;
 - **stronger**: the CI lies beyond the claim: the effect is larger than claimed;
@@ -46,7 +48,10 @@ def verdict_of(
             return REPRODUCED
         below = high < c_lo
         return STRONGER if below == lower_is_better else WEAKER
-    claim_has_zero = c_lo <= 0 <= c_hi
+    # a claim of no change (a range holding zero) is met by a CI holding zero; a one-sided claim
+    # ("any reduction": [-inf, 0]) is a claimed direction, and a CI holding zero cannot confirm it
+    one_sided = (math.isinf(c_lo) and c_hi == 0) or (c_lo == 0 and math.isinf(c_hi))
+    claim_has_zero = c_lo <= 0 <= c_hi and not one_sided
     if meets:
         return INCONCLUSIVE if low <= 0 <= high and not claim_has_zero else REPRODUCED
     if within:

@@ -73,13 +73,18 @@ class ClaimVerdict:
             text = f"{x:g}".replace("inf", "∞").replace("-", "−")
             return ("+" + text) if check.unit != "value" and x > 0 else text
 
-        text = f"{num(low)}{suffix}" if low == high else f"[{num(low)}, {num(high)}]{suffix}"
+        if low == high:
+            text = f"{num(low)}{suffix}"
+        elif low == float("-inf") or high == float("inf"):
+            text = f"≤ {num(high)}{suffix}" if low == float("-inf") else f"≥ {num(low)}{suffix}"
+        else:
+            text = f"[{num(low)}, {num(high)}]{suffix}"
         return text + (f" ± {check.tolerance:g}{suffix}" if check.tolerance else "")
 
-    def line(self) -> str:
-        """One line: ``<claim> @ <model>/b<budget> [<results>]: <verdict> — measured … vs claimed …``."""
+    def line(self, *, with_claim: bool = True) -> str:
+        """One line: ``<claim> @ <model>/b<budget> [<results>]: <VERDICT> — measured … vs claimed …``."""
         group = f"{self.model or '-'}/{'-' if self.budget is None else f'b{self.budget}'}"
-        head = f"{self.claim.id} @ {group} [{self.results}]: {self.verdict.upper()}"
+        head = f"{self.claim.id + ' @ ' if with_claim else ''}{group} [{self.results}]: {self.verdict.upper()}"
         if self.measurement is None:
             return f"{head} — {self.reason}"
         m = self.measurement
@@ -87,11 +92,12 @@ class ClaimVerdict:
         what = {"percent": f"Δ{metric} (relative)", "absolute": f"Δ{metric}", "value": metric}[m.unit]
         sides = ""
         if m.base is not None:
-            sides = f"; {self.claim.check.base.describe()} {_fmt(m.base)} → {self.claim.check.against.describe()} {_fmt(m.against)}"
+            fmt = _fmt_bits if metric.split(":")[0] in ("bits", "bits_paper", "model_bits") else _fmt
+            sides = f"; {self.claim.check.base.describe()} {fmt(m.base)} → {self.claim.check.against.describe()} {fmt(m.against)}"
         bits = ""
         if m.against_bits is not None:
-            bits = f" at {_fmt_bits(m.base_bits)} → {m.against_bits:.3f} {self.claim.check.bits}" if m.base is not None \
-                else f" at {m.against_bits:.3f} {self.claim.check.bits}"
+            base_bits = "?" if m.base_bits is None else f"{m.base_bits:.3f}"
+            bits = f" at {base_bits + ' → ' if m.base is not None else ''}{m.against_bits:.3f} {self.claim.check.bits}"
         parts = [f"{head} — measured {what} {m.effect_text(metric)} vs claimed {self.claimed_text}{sides}{bits}",
                  f"{m.how}"]
         parts += [m.matched] if m.matched else []
@@ -126,7 +132,7 @@ def _fmt(x: float) -> str:
 
 
 def _fmt_bits(x: float | None) -> str:
-    return "?" if x is None else f"{x:.3f}"
+    return "?" if x is None else f"{x:.4f}"
 
 
 def verify_claim(claim: Claim, records: Sequence[Record], results: str, *, resamples: int = DEFAULT_RESAMPLES,

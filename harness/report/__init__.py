@@ -36,6 +36,7 @@ def write_report(
     html: bool = True,
     compare: Sequence[Any] = (),
     sweeps: Sequence[Any] = (),
+    claims: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Write ``tables/results.{md,tex,csv}`` (+ ``tables/failures.md``),
     ``plots/<model>_<dataset>_ppl_vs_bits.{png,svg}`` and, for models with zero-shot results,
@@ -50,7 +51,8 @@ def write_report(
     ``compare`` (``(base, against)`` method pairs) adds ``tables/compare.{md,csv}``
     (:mod:`harness.report.compare`: paired differences with bootstrap CIs). ``sweeps``
     (``method:x[:lines]`` strings or the suite's ``report.sweeps``) add
-    ``tables/sweep_*.{md,csv}`` and ``plots/sweep_*`` (:mod:`harness.report.sweeps`).
+    ``tables/sweep_*.{md,csv}`` and ``plots/sweep_*`` (:mod:`harness.report.sweeps`). ``claims``
+    (claims files, a suite's ``report.claims``) add ``tables/claims.{md,csv}`` (:mod:`harness.claims`).
     """
     records = store.records()
     by_record = records_frame(records)
@@ -80,6 +82,10 @@ def write_report(
         from harness.report.sweeps import write_sweeps
 
         written += write_sweeps(store, sweeps, plots=plots, records=records)
+    if claims:
+        from harness.claims.report import write_claims_report
+
+        written += write_claims_report(store, claims, records=records)
     if html:  # last: it embeds the tables and plots written above
         from harness.report.html import write_html_report
 

@@ -50,7 +50,7 @@ _KINDS = (
 )
 _FOLDER_KINDS = {"inspect": "Layer diagnostics"}
 #: Extra tables shown first (by file-name prefix); the rest follow alphabetically.
-_TABLE_ORDER = ("compare", "results_by_seed")
+_TABLE_ORDER = ("claims", "compare", "results_by_seed")
 _OWN_TABLES = {"results", "failures"}
 _TRACEBACK_LINES = 40
 
