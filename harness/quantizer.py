@@ -200,6 +200,13 @@ class Quantizer(ABC):
         raise ValueError(f"method '{cls.name}' defines no presets; give explicit `params`")
 
     @classmethod
+    def default_label(cls, config: MethodConfig) -> str:
+        """The method label of a suite line that gives no `label`: the registry name, unless the
+        method says which variant of its algorithm `config` runs (e.g. `aqlm-harness`), so that
+        tables and plots never show a variant under the published algorithm's name."""
+        return cls.name
+
+    @classmethod
     def supported_budgets(cls) -> list[int]:
         out = []
         for b in (1, 2, 3, 4, 8):

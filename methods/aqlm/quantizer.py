@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
-from methods.aqlm.config import PRESETS, AQLMConfig
+from methods.aqlm.config import PRESETS, VARIANTS, AQLMConfig, variant_label
 from methods.aqlm.finetune import finetune_block as run_block_finetuning
 from methods.aqlm.layer import AQLMLinear, aqlm_formula_bits
 
@@ -27,6 +27,12 @@ class AQLMQuantizer(Quantizer):
     Config: ClassVar[type[AQLMConfig]] = AQLMConfig
     requires_calibration: ClassVar[bool] = True
     config: AQLMConfig
+
+    @classmethod
+    def default_label(cls, config: AQLMConfig) -> str:
+        """`aqlm` for the published algorithm, `aqlm-harness` for the harness variant, plus
+        `-field=value` for each variant field overridden (`methods.aqlm.config.variant_label`)."""
+        return variant_label(cls.name, config, VARIANTS)
 
     @classmethod
     def presets(cls, budget: int) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from harness.quantizer import LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
 from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize
-from methods.crvq.config import PRESETS, CRVQConfig
+from methods.aqlm.config import variant_label
+from methods.crvq.config import PRESETS, VARIANTS, CRVQConfig
 from methods.crvq.importance import HIST_LOG10_EDGES, score_histogram
 from methods.crvq.layer import CRVQLinear
 
@@ -43,6 +44,12 @@ class CRVQQuantizer(Quantizer):
         #: The AQLM engine (optimisation and block fine-tuning) with this config's shared knobs.
         self.engine = AQLMQuantizer(config.aqlm_config())
         self._warned_fallback = False
+
+    @classmethod
+    def default_label(cls, config: CRVQConfig) -> str:
+        """`crvq` for the published algorithm, `crvq-harness` for the harness variant, plus
+        `-field=value` for each variant field overridden (`methods.aqlm.config.variant_label`)."""
+        return variant_label(cls.name, config, VARIANTS)
 
     @classmethod
     def presets(cls, budget: int) -> dict[str, Any]:
