@@ -57,7 +57,12 @@ def _measure(check: Check, metric: Metric, model: str, budget: int | None, bases
     if bases:
         values = [b.mix(lambda r: (r.get("metrics") or {}).get(check.bits, np.nan)) for b in bases]
         base_bits = float(np.mean(values)) if np.isfinite(values).all() else None
-    return dataclasses.replace(m, against_bits=_mean_bits(against, check.bits), base_bits=base_bits)
+    base_label = ""
+    if bases:
+        lines = list(dict.fromkeys(method_label(r) for b in bases for r in b.records()))
+        base_label = lines[0] if len(lines) == 1 else f"{check.base.describe()} frontier"
+    return dataclasses.replace(m, against_bits=_mean_bits(against, check.bits), base_bits=base_bits,
+                               against_label=method_label(against[0]), base_label=base_label)
 
 
 def measure_check(check: Check, records: Sequence[Record], where: str, *,
@@ -77,7 +82,8 @@ def measure_check(check: Check, records: Sequence[Record], where: str, *,
             labels = {method_label(r) for r in against}
             base = [r for r in sides["base"] if method_label(r) not in labels]
             if not base:
-                return [Cover(None, check.budget, reason=f"no base cell besides the against line {', '.join(labels)}")]
+                return [Cover(None, check.budget, reason=f"no {check.base.describe()} cell besides the against line "
+                                                         f"{', '.join(sorted(labels))} to build a frontier from")]
             return _matched_covers(check, metric, base, against, where, resamples, seed)
         return _budget_covers(check, metric, _one_line(sides["base"], check.base), against, where, resamples, seed)
     except _NotCovered as exc:
@@ -85,7 +91,7 @@ def measure_check(check: Check, records: Sequence[Record], where: str, *,
 
 
 def _run(check: Check, metric: Metric, model: str, budget: int | None, make, where: str, resamples: int,
-         seed: int, matched: str = "") -> Cover:
+         seed: int) -> Cover:
     """Cover of one group: ``make()`` gives (bases, against); a failure becomes the reason."""
     try:
         bases, against, matched = make()
@@ -210,7 +216,7 @@ def _matched_covers(check: Check, metric: Metric, base: list[Record], against: l
                 if not xs[0] <= x <= xs[-1]:
                     span = f"{xs[0]:.3f}" if len(xs) == 1 else f"{xs[0]:.3f}–{xs[-1]:.3f}"
                     raise _NotCovered(
-                        f"matched bits: {check.against.describe()} at {x:.3f} {check.bits} lies outside {base_name}'s "
+                        f"matched bits: {method_label(aa[0])} at {x:.3f} {check.bits} lies outside {base_name}'s "
                         f"frontier on {model} ({span} {check.bits}); a frontier is not extrapolated: run {base_name} at "
                         f"budgets on both sides of it")
                 i = int(np.searchsorted(xs, x, side="right")) - 1
@@ -222,10 +228,11 @@ def _matched_covers(check: Check, metric: Metric, base: list[Record], against: l
                 keys = [a["key"] for a in aa if a["key"] in to_lo and a["key"] in to_hi]
                 bases = [_Base(to_lo[k], to_hi[k] if alpha > 0 else None, alpha) for k in keys]
                 against_rows = [next(a for a in aa if a["key"] == k) for k in keys]
+                against_name = method_label(aa[0])
                 if alpha == 0:
-                    text = f"matched bits: {_label(lo[1])} at {lo[0]:.3f} {check.bits}, the same as {check.against.describe()}"
+                    text = f"matched bits: {_label(lo[1])} at {lo[0]:.3f} {check.bits}, the same as {against_name}"
                 else:
-                    text = (f"matched bits: {base_name}'s frontier interpolated at {check.against.describe()}'s {x:.3f} "
+                    text = (f"matched bits: {base_name}'s frontier interpolated at {against_name}'s {x:.3f} "
                             f"{check.bits}, between {_label(lo[1])} ({lo[0]:.3f}) and {_label(hi[1])} ({hi[0]:.3f}), "
                             f"log-perplexity linear in bits per window")
                 return bases, against_rows, text

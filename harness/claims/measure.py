@@ -233,6 +233,8 @@ def _acc_effect(check: Check, metric: Metric, model: str, budget: int | None, pa
     a_side = _side(method_label(pairs[0][1]), [a for _, a in pairs])
     found, _ = zero_shot_differences(model, budget, pairs, b_side, a_side, check.level)
     found = found if metric.what == "avg" else [c for c in found if c.task == metric.what]
+    if not any(_zero_shot_tasks(r) for pair in pairs for r in pair):
+        raise _NotCovered("the cells have no zero-shot results (the suite ran no `evaluations.zero_shot`)")
     if not found:
         raise _NotCovered(f"no zero-shot task {'' if metric.what == 'avg' else metric.what + ' '}that both sides finished "
                           f"on the same examples")

@@ -29,7 +29,8 @@ def display_rows(rows: Sequence[ClaimVerdict]) -> list[dict[str, str]]:
             "claim": v.claim.id, "results": v.results, "model": v.model or "-",
             "budget": "-" if v.budget is None else str(v.budget), "metric": check.metric,
             "claimed": v.claimed_text, "measured": measured,
-            "sides": "-" if m is None else (f"{_num(m.base)} → {_num(m.against)}" if m.base is not None else _num(m.against)),
+            "sides": "-" if m is None else (f"{m.base_label} {_num(m.base)} → {m.against_label} {_num(m.against)}"
+                                            if m.base is not None else f"{m.against_label} {_num(m.against)}"),
             "verdict": v.verdict, "scope": v.scope or "-", "how": detail or "-",
         })
     return out

@@ -82,6 +82,8 @@ class Measurement:
     base: float | None = None
     against_bits: float | None = None
     base_bits: float | None = None
+    against_label: str = ""  # the method line(s) measured, e.g. crvq-r0.02-e3
+    base_label: str = ""
     seeds: int = 1
     windows: int | None = None
     how: str = ""  # e.g. "paired bootstrap over 40 windows × 3 seeds"
@@ -100,7 +102,8 @@ class Measurement:
         return {
             "measured": self.value, "ci_low": self.low, "ci_high": self.high, "level": self.level,
             "base_value": self.base, "against_value": self.against, "base_bits": self.base_bits,
-            "against_bits": self.against_bits, "seeds": self.seeds, "windows": self.windows, "how": self.how,
+            "against_bits": self.against_bits, "base_line": self.base_label, "against_line": self.against_label,
+            "seeds": self.seeds, "windows": self.windows, "how": self.how,
             "matched_bits": self.matched,
         }
 

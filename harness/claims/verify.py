@@ -79,7 +79,8 @@ class ClaimVerdict:
             text = f"≤ {num(high)}{suffix}" if low == float("-inf") else f"≥ {num(low)}{suffix}"
         else:
             text = f"[{num(low)}, {num(high)}]{suffix}"
-        return text + (f" ± {check.tolerance:g}{suffix}" if check.tolerance else "")
+        points = "" if not suffix else " point" if check.tolerance == 1 else " points"
+        return text + (f" ± {check.tolerance:g}{points}" if check.tolerance else "")
 
     def line(self, *, with_claim: bool = True) -> str:
         """One line: ``<claim> @ <model>/b<budget> [<results>]: <VERDICT> — measured … vs claimed …``."""
@@ -91,11 +92,14 @@ class ClaimVerdict:
         metric = self.claim.check.metric
         what = {"percent": f"Δ{metric} (relative)", "absolute": f"Δ{metric}", "value": metric}[m.unit]
         sides = ""
+        is_bits = metric in ("bits", "bits_paper", "model_bits")
         if m.base is not None:
-            fmt = _fmt_bits if metric.split(":")[0] in ("bits", "bits_paper", "model_bits") else _fmt
-            sides = f"; {self.claim.check.base.describe()} {fmt(m.base)} → {self.claim.check.against.describe()} {fmt(m.against)}"
+            fmt = _fmt_bits if is_bits else _fmt
+            sides = f"; {m.base_label} {fmt(m.base)} → {m.against_label} {fmt(m.against)}"
+        elif m.against_label:
+            sides = f"; {m.against_label}"
         bits = ""
-        if m.against_bits is not None:
+        if m.against_bits is not None and not is_bits:
             base_bits = "?" if m.base_bits is None else f"{m.base_bits:.3f}"
             bits = f" at {base_bits + ' → ' if m.base is not None else ''}{m.against_bits:.3f} {self.claim.check.bits}"
         parts = [f"{head} — measured {what} {m.effect_text(metric)} vs claimed {self.claimed_text}{sides}{bits}",
