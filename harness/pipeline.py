@@ -7,6 +7,11 @@ full-precision targets. Then `method.quantize_linear` replaces each linear, the 
 `method.finetune_block` tunes the block against the targets, and the quantized block's
 outputs become the next block's inputs. Only one block's activations live at a time.
 
+Every block is called with the keyword arguments the model itself passes to *that* block
+(attention mask, rotary tables, ...): families such as Gemma 3 give sliding-window and global
+layers different masks and rotary bases, so the arguments are captured per block
+(`capture_block_inputs`) and `BlockData.for_block(i)` selects block i's.
+
 Once a block is finished, every linear's log entry gets `output_error` = tr(ΔW H ΔWᵀ) /
 tr(W H Wᵀ) of the final layer (after fine-tuning: the layer that is saved), with W the
 original weight and H that block's accumulated H (one H per input shared by several linears).
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +60,11 @@ class BlockData:
     """Calibration activations at the input of one block.
 
     hidden: [n, seqlen, hidden_size] on `storage` (CPU when the model is on CUDA).
-    kwargs: per batch, the keyword arguments the model passed to its blocks
-        (position embeddings, attention mask, ...), already on the compute device.
+    kwargs: per batch, the keyword arguments the model passes to this block (position
+        embeddings, attention mask, ...), already on the compute device.
     batch_size: sequences per batch.
+    block_kwargs: per block index, per batch, the keyword arguments the model passes to that
+        block (tensors shared between blocks are shared here too); `for_block(i)` selects them.
     """
 
     hidden: torch.Tensor
@@ -65,6 +72,13 @@ class BlockData:
     batch_size: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compute_dtype: torch.dtype = torch.float32
+    block_kwargs: list[list[dict[str, Any]]] | None = None
+
+    def for_block(self, index: int) -> BlockData:
+        """The same activations (shared, not copied) with block `index`'s call arguments."""
+        if self.block_kwargs is None:
+            raise RuntimeError("BlockData.for_block: the per-block call arguments were not captured")
+        return replace(self, kwargs=self.block_kwargs[index])
 
     def batches(self):
         """(start index, hidden batch on the compute device, block kwargs) per batch."""
@@ -88,19 +102,41 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) ->
 def capture_block_inputs(
     model: nn.Module, adapter: FamilyAdapter, calibration: torch.Tensor, *, batch_size: int, storage: torch.device
 ) -> BlockData:
-    """Run the model up to its first block and keep that block's inputs and call kwargs."""
-    first = adapter.blocks(model)[0]
+    """Run the model over the calibration batches; keep the first block's inputs and, for every
+    block, the keyword arguments the model passes to it.
+
+    The blocks do not compute during the capture: each block's `forward` is swapped for a
+    recorder that returns its input unchanged (in the output format of the real first block,
+    a tensor or a tuple), and the last block stops the forward pass, so the cost is the
+    embeddings, the masks and the rotary tables plus one real call of the first block.
+    """
+    blocks = adapter.blocks(model)
     device = next(model.parameters()).device
     hidden_parts: list[torch.Tensor] = []
-    kwargs_list: list[dict[str, Any]] = []
+    per_block: list[list[dict[str, Any]]] = [[] for _ in blocks]
+    returns_tuple: list[bool] = []
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        hidden_parts.append(hidden.detach().to(storage))
-        kwargs_list.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _StopForward
+    def recorder(index: int, real_forward):
+        def forward(*args: Any, **kwargs: Any):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if len(args) > 1:
+                raise RuntimeError(
+                    f"calibration pipeline: block {index} of {type(model).__name__} is called with "
+                    f"{len(args)} positional arguments; only the hidden states may be positional"
+                )
+            per_block[index].append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if index == 0:
+                hidden_parts.append(hidden.detach().to(storage))
+                if not returns_tuple:  # the real output format, learnt once
+                    returns_tuple.append(isinstance(real_forward(hidden, **kwargs), (tuple, list)))
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return (hidden,) if returns_tuple[0] else hidden
+        return forward
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    own_forwards = [block.__dict__.get("forward") for block in blocks]  # e.g. set by accelerate hooks
+    for index, block in enumerate(blocks):
+        block.forward = recorder(index, block.forward)
     try:
         for start in range(0, calibration.shape[0], batch_size):
             try:
@@ -108,8 +144,19 @@ def capture_block_inputs(
             except _StopForward:
                 pass
     finally:
-        handle.remove()
-    return BlockData(torch.cat(hidden_parts), kwargs_list, batch_size, device)
+        for block, own in zip(blocks, own_forwards):
+            if own is None:
+                del block.forward  # back to the class's forward
+            else:
+                block.forward = own
+    n_batches = len(hidden_parts)
+    short = [i for i, calls in enumerate(per_block) if len(calls) != n_batches]
+    if short:
+        raise RuntimeError(
+            f"calibration pipeline: {type(model).__name__} did not call block(s) {short} exactly once per "
+            f"batch; the adapter's `blocks_path` ({adapter.blocks_path}) must list the blocks in call order"
+        )
+    return BlockData(torch.cat(hidden_parts), per_block[0], batch_size, device, block_kwargs=per_block)
 
 
 class HessianAccumulator:
@@ -211,16 +258,16 @@ def run_pipeline(
     data.compute_dtype = compute_dtype
     with torch.inference_mode():
         for index in tqdm(range(done), desc="replay finished blocks", disable=not progress or done == 0, leave=False):
-            _propagate(blocks[index], data)
+            _propagate(blocks[index], data.for_block(index))
 
     wants_targets = quantizer.finetunes_blocks()
     bar = tqdm(range(done, len(blocks)), desc=f"quantize ({quantizer.name})", unit="block", disable=not progress)
     for index in bar:
-        block = blocks[index]
+        block, block_data = blocks[index], data.for_block(index)
         names = [name for group in adapter.linear_groups(block) for name in group]
         linears = {name: block.get_submodule(name) for name in names}
         start = time.perf_counter()
-        hessians, targets = _accumulate(block, data, linears, keep_outputs=wants_targets)
+        hessians, targets = _accumulate(block, block_data, linears, keep_outputs=wants_targets)
         block_logs, linear_logs = [], {}
         for name in names:
             full_name = f"{adapter.blocks_path}.{index}.{name}"
@@ -239,7 +286,7 @@ def run_pipeline(
                 layer_name=f"{adapter.blocks_path}.{index}", block_index=index,
                 generator=layer_generator(seed, f"{adapter.blocks_path}.{index}"), device=device, progress=progress,
             )
-            quantizer.finetune_block(block, data, targets, ctx)
+            quantizer.finetune_block(block, block_data, targets, ctx)
             for entry in ctx.log:
                 entry.setdefault("name", f"{adapter.blocks_path}.{index}")
             block_logs.extend(ctx.log)
@@ -251,7 +298,7 @@ def run_pipeline(
                 )
         del hessians, linears  # the block's H's and original weights
         with torch.inference_mode():
-            _propagate(block, data)
+            _propagate(block, block_data)
         if checkpoints:
             checkpoints.save(index, block, block_logs)
         logs.extend(block_logs)

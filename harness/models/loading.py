@@ -1,4 +1,4 @@
-"""Load a model named in a suite: the embedded alias, a local directory, a GGUF file or a hub id.
+"""Load a model named in a suite: an embedded model, a local directory, a GGUF file or a hub id.
 
 `load_model` returns the model (eval mode, on the device), its tokenizer, its family adapter
 and a `source` record of what was actually loaded. Every failure is a `ModelLoadError` whose
@@ -22,9 +22,9 @@ from torch import nn
 
 from harness.errors import ModelLoadError
 from harness.models.adapters import FamilyAdapter, get_adapter
-from harness.models.embedded import load_embedded, load_gguf
+from harness.models.embedded import EMBEDDED_MODELS, load_embedded, load_gguf
 from harness.models.hub import hub_offline, offline_mode, offline_requested
-from harness.suite import EMBEDDED_MODEL_ALIAS, ModelSpec
+from harness.suite import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _load_hub(model_id: str, revision: str | None, dtype: torch.dtype) -> tuple[
                 f"model '{model_id}'{rev} is not in the local Hugging Face cache and the hub cannot be "
                 f"reached: {why}. Download it where the hub is reachable (`hf download {model_id}`) "
                 f"into this machine's cache, or save it to a local directory and give that path as the "
-                f"model id (the embedded default '{EMBEDDED_MODEL_ALIAS}' works offline)."
+                f"model id (the embedded models {', '.join(EMBEDDED_MODELS)} work offline)."
             ) from exc
         raise ModelLoadError(
             f"could not load model '{model_id}'{rev} from the Hugging Face Hub ({type(exc).__name__}: "
@@ -130,7 +130,7 @@ def load_model(
 ) -> LoadedModel:
     """Load the model a suite names.
 
-    spec: the `ModelSpec` (or its id): the alias 'smollm2-135m', a local directory, a `.gguf`
+    spec: the `ModelSpec` (or its id): an embedded model ('smollm2-135m', 'gemma3-270m'), a local directory, a `.gguf`
         file (relative paths are read from the working directory, then from `base_dir`, e.g.
         the suite's folder) or a hub id `org/name` (with `spec.revision`).
     dtype, device: the floating-point dtype and device of the returned model.
@@ -140,8 +140,8 @@ def load_model(
     device = torch.device(device)
     start = time.perf_counter()
     with _progress_bars(progress):
-        if spec.id == EMBEDDED_MODEL_ALIAS:
-            model, tokenizer, source = load_embedded(dtype=dtype)
+        if spec.id in EMBEDDED_MODELS:
+            model, tokenizer, source = load_embedded(spec.id, dtype=dtype)
         else:
             path = resolve_model_path(spec.id, base_dir)
             if path is not None and path.is_dir():
@@ -159,8 +159,8 @@ def load_model(
                 where = f"{Path.cwd()}" + (f" or {base_dir}" if base_dir else "")
                 raise ModelLoadError(
                     f"model '{spec.id}' was not found: no such file or directory (relative paths are read "
-                    f"from {where}). Fix the path, use a hub id of the form 'org/name', or the embedded "
-                    f"default '{EMBEDDED_MODEL_ALIAS}'."
+                    f"from {where}). Fix the path, use a hub id of the form 'org/name', or an embedded "
+                    f"model ({', '.join(EMBEDDED_MODELS)})."
                 )
             else:
                 model, tokenizer = _load_hub(spec.id, spec.revision, dtype)

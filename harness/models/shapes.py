@@ -103,14 +103,12 @@ def resolve_config(model: str) -> tuple[Any, str]:
     """(transformers config, where it came from) for `model`: a shape preset name, the embedded
     alias, a path to a config.json or model directory, or a hub id whose config is in the local
     Hugging Face cache. Raises ModelLoadError naming the presets otherwise."""
-    from harness.suite import EMBEDDED_MODEL_ALIAS
+    from harness.models.embedded import EMBEDDED_MODELS, ensure_embedded_cache
 
     if model in SHAPE_PRESETS:
         return SHAPE_PRESETS[model](), f"preset '{model}'"
-    if model == EMBEDDED_MODEL_ALIAS:
-        from harness.models.embedded import ensure_embedded_cache
-
-        return _from_path(ensure_embedded_cache()), f"embedded '{model}'"
+    if model in EMBEDDED_MODELS:
+        return _from_path(ensure_embedded_cache(model)), f"embedded '{model}'"
     path = Path(model).expanduser()
     if path.exists():
         try:

