@@ -246,9 +246,10 @@ def parse_metric(text: str) -> Metric:
 def known_model_names() -> set[str]:
     """Model names a claim's pattern may match: the shape presets, their hub ids, the embedded alias."""
     from harness.models.shapes import HUB_PRESETS, SHAPE_PRESETS
-    from harness.suite.schema import EMBEDDED_MODEL_ALIAS
+    from harness.suite import schema
 
-    return set(SHAPE_PRESETS) | set(HUB_PRESETS) | {EMBEDDED_MODEL_ALIAS}
+    embedded = getattr(schema, "EMBEDDED_MODEL_NAMES", (schema.EMBEDDED_MODEL_ALIAS,))
+    return set(SHAPE_PRESETS) | set(HUB_PRESETS) | set(embedded)
 
 
 def _where(path: Path, field: str, claim_id: str) -> str:
