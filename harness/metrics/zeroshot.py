@@ -135,7 +135,7 @@ def pack_fingerprint(task: str) -> str | None:
 
 # --------------------------------------------------------------------------- task loading
 
-def task_manager(tasks: list[str]) -> Any:
+def task_manager(tasks: list[str], *, announce: bool = True) -> Any:
     """An lm-eval TaskManager that knows the offline pack and the named built-in tasks.
 
     Only the pack is indexed when every task is a pack task; the folders of the paper tasks
@@ -154,8 +154,22 @@ def task_manager(tasks: list[str]) -> Any:
             manager = TaskManager(include_path=[*map(str, folders), str(PACK_DIR)], include_defaults=False)
             if all(t in manager.all_tasks for t in builtin):
                 return manager
-    logger.info("indexing lm-eval's task tree (about 10 s)")
+    if announce:
+        logger.info("indexing lm-eval's task tree (about 10 s)")
     return TaskManager(include_path=str(PACK_DIR))
+
+
+def unknown_tasks(tasks: list[str]) -> dict[str, list[str]]:
+    """The names among `tasks` that are neither pack tasks nor in lm-eval's task index, each with
+    up to three close known names. Offline: lm-eval's index is read from its installed task
+    files (no hub access); only names outside the pack and the protocol's tasks cost the ~10 s
+    of indexing the whole tree."""
+    manager = task_manager(list(tasks), announce=False)
+    known = set(manager.all_tasks) | set(PACK_TASKS)
+    return {
+        t: difflib.get_close_matches(t, sorted(known), n=3)
+        for t in tasks if t not in known
+    }
 
 
 def _load_error(task: str, manager: Any, offline: bool, exc: Exception) -> ZeroShotTaskError:

@@ -19,6 +19,7 @@ from harness.registry import get_method
 from harness.tasks import PACK_TASKS
 from harness.suite.schema import (
     EMBEDDED_MODEL_ALIAS,
+    EMBEDDED_MODEL_NAMES,
     KNOWN_DATASETS,
     RECORD_VERSION,
     _HUB_ID,
@@ -39,7 +40,7 @@ from harness.suite.schema import (
 )
 
 __all__ = [
-    "EMBEDDED_MODEL_ALIAS", "KNOWN_DATASETS", "RECORD_VERSION", "CalibrationSpec", "Cell", "ComparePair",
+    "EMBEDDED_MODEL_ALIAS", "EMBEDDED_MODEL_NAMES", "KNOWN_DATASETS", "RECORD_VERSION", "CalibrationSpec", "Cell", "ComparePair",
     "EvaluationsSpec", "ExecutorSpec", "FinetuneE2ESpec", "MethodEntry", "ModelSpec", "PerplexitySpec",
     "ReportSpec", "Suite", "SweepSpec", "ThroughputSpec", "ZeroShotSpec", "entry_seeds", "load_suite",
     "output_dir", "resolve_cells", "resolve_path",
@@ -117,13 +118,13 @@ def resolve_path(value: str, suite_path: Path) -> Path | None:
 
 
 def _check_model(spec: ModelSpec, where: str, suite_path: Path) -> None:
-    if spec.id == EMBEDDED_MODEL_ALIAS or resolve_path(spec.id, suite_path) is not None:
+    if spec.id in EMBEDDED_MODEL_NAMES or resolve_path(spec.id, suite_path) is not None:
         return
     looks_like_path = spec.id.endswith(".gguf") or spec.id.startswith((".", "/", "~"))
     if looks_like_path or not _HUB_ID.match(spec.id):
         raise SuiteError(
-            f"{suite_path}: field `{where}`: model '{spec.id}' is neither the embedded alias "
-            f"'{EMBEDDED_MODEL_ALIAS}', an existing local directory or GGUF file, nor a hub id of the "
+            f"{suite_path}: field `{where}`: model '{spec.id}' is neither an embedded model "
+            f"({', '.join(EMBEDDED_MODEL_NAMES)}), an existing local directory or GGUF file, nor a hub id of the "
             f"form 'org/name'. Fix the path (relative paths are read from the working directory "
             f"or the suite's folder) or use a hub id."
         )
@@ -170,6 +171,51 @@ def _check_sweeps(suite: Suite, path: Path) -> None:
                 )
 
 
+def _check_tasks(tasks: list[str], path: Path) -> None:
+    """Zero-shot task names exist: the offline pack's or lm-eval's (its installed index, offline)."""
+    from harness.metrics.zeroshot import unknown_tasks
+
+    unknown = unknown_tasks(tasks)
+    if not unknown:
+        return
+    i, task = next((i, t) for i, t in enumerate(tasks) if t in unknown)
+    close = unknown[task]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise SuiteError(
+        f"{path}: field `evaluations.zero_shot.tasks[{i}]`: unknown zero-shot task '{task}': it is neither in the "
+        f"offline pack ({', '.join(PACK_TASKS)}) nor one of lm-eval's tasks.{hint} Fix the name (`lm-eval ls tasks` "
+        f"lists lm-eval's tasks)."
+    )
+
+
+def _check_duplicate_models(suite: Suite, path: Path) -> None:
+    """A model listed twice (same id and revision) would run every cell twice under one name."""
+    seen: dict[tuple[str, str | None], int] = {}
+    for i, model in enumerate(suite.models):
+        first = seen.setdefault((model.id, model.revision), i)
+        if first != i:
+            raise SuiteError(
+                f"{path}: field `models[{i}]`: model '{model.id}' is already listed as `models[{first}]`. "
+                f"Remove one of the two entries."
+            )
+
+
+def _check_duplicate_lines(suite: Suite, path: Path) -> None:
+    """Two method lines must not resolve to the same cell (same method, budget, params and label):
+    one of them would silently do nothing."""
+    owner: dict[str, int] = {}
+    for i, entry in enumerate(suite.methods):
+        for cell in _entry_cells(suite, i, entry, suite.models[0], path):
+            first = owner.setdefault(cell.key, i)
+            if first != i:
+                raise SuiteError(
+                    f"{path}: field `methods[{i}]`: this line resolves to a cell that `methods[{first}]` already "
+                    f"defines ({cell.method_label}{f' budget {cell.budget}' if cell.budget is not None else ''}, "
+                    f"seed {cell.seed}, the same params). Remove the repeated budget or line, or give the line a "
+                    f"distinct `label` if both are meant to run."
+                )
+
+
 def _check_references(suite: Suite, path: Path) -> None:
     _check_compare(suite, path)
     _check_sweeps(suite, path)
@@ -185,12 +231,8 @@ def _check_references(suite: Suite, path: Path) -> None:
                 )
             _check_dataset(ds, f"evaluations.perplexity.datasets[{i}]", path)
     if suite.evaluations.zero_shot is not None:
-        for i, task in enumerate(suite.evaluations.zero_shot.tasks):
-            if task.startswith("embedded_") and task not in PACK_TASKS:  # lm-eval's names are checked at run time
-                raise SuiteError(
-                    f"{path}: field `evaluations.zero_shot.tasks[{i}]`: '{task}' is not a task of the offline "
-                    f"pack; its tasks are {', '.join(PACK_TASKS)}."
-                )
+        _check_tasks(suite.evaluations.zero_shot.tasks, path)
+    _check_duplicate_models(suite, path)
     for i, entry in enumerate(suite.methods):
         _resolve_entry(entry, f"{path}: field `methods[{i}]`")
         method = get_method(entry.name)
@@ -205,6 +247,7 @@ def _check_references(suite: Suite, path: Path) -> None:
                 f"{'the unquantized reference' if not method.modifies_weights else 'calibration-free'}; end-to-end "
                 f"fine-tuning needs a quantized model and calibration sequences. Remove the key from this line."
             )
+    _check_duplicate_lines(suite, path)
 
 
 def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dict[str, Any]]]:
@@ -252,44 +295,53 @@ def resolve_cells(suite: Suite, suite_path: str | os.PathLike = "suite.yaml") ->
 
     A cell's seed drives the method's randomness and, unless `calibration.seed` is set, the
     calibration sample. A cell with the suite's `seed` is exactly the cell of a suite without
-    `seeds` (same key, same label); other seeds add `/s<seed>` to the label. Cells with the same
-    key (e.g. the same budget and seed on two lines) run once."""
+    `seeds` (same key, same label); other seeds add `/s<seed>` to the label. Two lines of a loaded
+    suite never give the same cell (`load_suite` refuses it)."""
     cells: list[Cell] = []
     seen: set[str] = set()
     for model in suite.models:
         for i, entry in enumerate(suite.methods):
-            method = get_method(entry.name)
-            for budget, params in _resolve_entry(entry, f"{suite_path}: field `methods[{i}]`"):
-                for seed in entry_seeds(suite, entry):
-                    calibration = None
-                    if method.requires_calibration:
-                        calibration = suite.calibration.model_copy(
-                            update={
-                                "seqlen": suite.calibration.seqlen or model.seqlen,
-                                "seed": seed if suite.calibration.seed is None else suite.calibration.seed,
-                            }
-                        )
-                    cell = Cell(
-                        suite=suite.name,
-                        model=model,
-                        method=entry.name,
-                        method_label=entry.label or method.default_label(method.Config.model_validate(params)),
-                        budget=budget,
-                        params=params,
-                        calibration=calibration,
-                        evaluations=suite.evaluations,
-                        seed=seed,
-                        device=suite.device,
-                        dtype=suite.dtype,
-                        save_model=suite.save_models,
-                        finetune_e2e=entry.finetune_e2e,
-                        stand_in=suite.stand_in,
-                        base_seed=None if seed == suite.seed else suite.seed,
-                    )
-                    if cell.key in seen:
-                        continue
-                    seen.add(cell.key)
-                    cells.append(cell)
+            for cell in _entry_cells(suite, i, entry, model, suite_path):
+                if cell.key in seen:  # only possible in suites built in code: loaded suites refuse duplicates
+                    continue
+                seen.add(cell.key)
+                cells.append(cell)
+    return cells
+
+
+def _entry_cells(
+    suite: Suite, i: int, entry: MethodEntry, model: ModelSpec, suite_path: str | os.PathLike
+) -> list[Cell]:
+    """The cells of method line `i` on one model: one per budget and seed."""
+    method = get_method(entry.name)
+    cells = []
+    for budget, params in _resolve_entry(entry, f"{suite_path}: field `methods[{i}]`"):
+        for seed in entry_seeds(suite, entry):
+            calibration = None
+            if method.requires_calibration:
+                calibration = suite.calibration.model_copy(
+                    update={
+                        "seqlen": suite.calibration.seqlen or model.seqlen,
+                        "seed": seed if suite.calibration.seed is None else suite.calibration.seed,
+                    }
+                )
+            cells.append(Cell(
+                suite=suite.name,
+                model=model,
+                method=entry.name,
+                method_label=entry.label or method.default_label(method.Config.model_validate(params)),
+                budget=budget,
+                params=params,
+                calibration=calibration,
+                evaluations=suite.evaluations,
+                seed=seed,
+                device=suite.device,
+                dtype=suite.dtype,
+                save_model=suite.save_models,
+                finetune_e2e=entry.finetune_e2e,
+                stand_in=suite.stand_in,
+                base_seed=None if seed == suite.seed else suite.seed,
+            ))
     return cells
 
 

@@ -19,6 +19,8 @@ from harness.tasks import PAPER_TASKS
 RECORD_VERSION = 1
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m"
+#: The embedded models a suite may name (the catalog `harness.models.embedded.EMBEDDED_MODELS`).
+EMBEDDED_MODEL_NAMES = ("smollm2-135m", "gemma3-270m")
 KNOWN_DATASETS = ("wikitext2", "c4", "ptb", "redpajama", "embedded")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -283,6 +285,29 @@ class Suite(_Strict):
     stand_in: dict[str, Any] | None = Field(
         None, description="set by `harness run --stand-in`: what was substituted (copied into every record)"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """`name` is the results folder under results/: one plain path component."""
+        problem = None
+        if not v.strip():
+            problem = "is empty"
+        elif "/" in v or "\\" in v:
+            problem = "contains a path separator"
+        elif v.startswith((".", "~")):
+            problem = "starts with '.' or '~'"
+        elif Path(v).is_absolute() or re.match(r"^[A-Za-z]:", v):
+            problem = "is an absolute path"
+        elif any(ord(c) < 32 for c in v):
+            problem = "contains a control character"
+        if problem:
+            raise ValueError(
+                f"suite name {v!r} {problem}; the name becomes the folder results/<name>, so it must be a single "
+                f"plain folder name such as 'sub2bit-llama' (letters, digits, '-', '_'). To write elsewhere, "
+                f"keep a plain name and set `output_dir`"
+            )
+        return v
 
     @field_validator("executor", mode="before")
     @classmethod

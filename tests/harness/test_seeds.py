@@ -46,7 +46,7 @@ def test_seeds_repeat_quantized_cells_and_keep_the_base_seed_cells(tmp_path):
     assert by_label["smollm2-135m/rtn/b2/s1"].calibration is None  # calibration-free: only the seed differs
 
 
-def test_line_seeds_override_and_duplicates_run_once(tmp_path):
+def test_line_seeds_override_and_overlapping_lines_are_refused(tmp_path):
     text = textwrap.dedent(
         """\
         name: s
@@ -66,11 +66,9 @@ def test_line_seeds_override_and_duplicates_run_once(tmp_path):
                       "smollm2-135m/rtn/b4/s3", "smollm2-135m/rtn/b4/s4", "smollm2-135m/rtn/b3/s3",
                       "smollm2-135m/rtn/b3/s4", "smollm2-135m/rtn/b2/s3", "smollm2-135m/rtn/b2/s4",
                       "smollm2-135m/none/s3"]
-    same = _cells(tmp_path, text.replace("seeds: [3, 4]", "seeds: [0, 1]"), "t.yaml")
-    rtn = [c.label for c in same if c.method == "rtn"]  # b2 seeds 0 and 1 already come from the first line
-    assert rtn == ["smollm2-135m/rtn/b2", "smollm2-135m/rtn/b2/s1", "smollm2-135m/rtn/b2/s2",
-                   "smollm2-135m/rtn/b4", "smollm2-135m/rtn/b4/s1", "smollm2-135m/rtn/b3", "smollm2-135m/rtn/b3/s1"]
-    assert [c.label for c in same if c.method == "none"] == ["smollm2-135m/none"]
+    # with suite seeds [0, 1] the second line's b2 cells (seeds 0 and 1) are the first line's: an error, not a merge
+    with pytest.raises(SuiteError, match=r"field `methods\[1\]`: this line resolves to a cell that `methods\[0\]` already defines"):
+        _cells(tmp_path, text.replace("seeds: [3, 4]", "seeds: [0, 1]"), "t.yaml")
 
 
 def test_explicit_calibration_seed_stays_fixed(tmp_path):

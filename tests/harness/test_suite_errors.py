@@ -45,6 +45,18 @@ CASES = {
     "sweep_lines_is_x": (VALID + "report: {sweeps: [{method: rtn, x: bits, lines: bits}]}\n",
                          ["report.sweeps[0].lines", "also the x parameter"]),
     "sweep_missing_x": (VALID + "report: {sweeps: [{method: rtn}]}\n", ["report.sweeps[0].x", "missing"]),
+    "name_traversal": (VALID.replace("name: t", "name: ../../etc/evil"), ["`name`", "'../../etc/evil'", "path separator", "output_dir"]),
+    "name_absolute": (VALID.replace("name: t", "name: /tmp/evil"), ["`name`", "'/tmp/evil'", "output_dir"]),
+    "name_backslash": (VALID.replace("name: t", "name: 'a\\b'"), ["`name`", "path separator"]),
+    "name_dotdot": (VALID.replace("name: t", "name: '..'"), ["`name`", "starts with '.'"]),
+    "name_hidden": (VALID.replace("name: t", "name: .hidden"), ["`name`", "starts with '.'"]),
+    "name_home": (VALID.replace("name: t", "name: ~evil"), ["`name`", "starts with '.' or '~'"]),
+    "unknown_zero_shot_task": (VALID + "evaluations: {zero_shot: {tasks: [embedded_cloze4, embedded_lastwrd]}}\n",
+                               ["zero_shot.tasks[1]", "unknown zero-shot task 'embedded_lastwrd'", "Did you mean embedded_lastword"]),
+    "duplicate_model": ("name: t\nmodels: [smollm2-135m, {id: smollm2-135m, name: again}]\nmethods: [{name: none}]\n",
+                        ["models[1]", "already listed as `models[0]`", "Remove one"]),
+    "duplicate_method_line": ("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, budgets: [3, 4]}]\n",
+                              ["methods[1]", "`methods[0]` already defines", "budget 4", "distinct `label`"]),
     "not_a_mapping": ("- just\n- a list\n", ["YAML mapping"]),
     "bad_yaml": ("name: t\nmodels: [smollm2-135m\nmethods: x\n", ["not valid YAML"]),
 }
@@ -95,3 +107,26 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown method 'rtm'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_distinct_labels_make_repeated_lines_valid(tmp_path, monkeypatch, capsys):
+    """Two lines with the same method and params are fine when their labels tell them apart."""
+    path = tmp_path / "labels.yaml"
+    path.write_text("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, label: rtn-again, budgets: [4]}]\n")
+    monkeypatch.setattr(sys, "argv", ["harness", "validate", str(path)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code in (0, None)
+    assert "2 cells" in capsys.readouterr().out
+
+
+def test_run_refuses_an_escaping_name(tmp_path):
+    """`harness run` (dry run too) refuses a name that would write outside results/, before any work."""
+    path = tmp_path / "evil.yaml"
+    path.write_text(VALID.replace("name: t", "name: ../../etc/evil"))
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--dry-run"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "`name`" in proc.stderr and "Traceback" not in proc.stderr
+    assert "results/../../etc/evil" not in proc.stdout
+    assert not (tmp_path / "results").exists()

@@ -21,8 +21,8 @@ BASE = textwrap.dedent(
 @pytest.mark.parametrize(("block", "fragments"), [
     ("{tasks: [piqa], num_fewshot: 5}", ["evaluations.zero_shot.num_fewshot", "0"]),
     ("{tasks: []}", ["evaluations.zero_shot.tasks", "at least 1"]),
-    ("{tasks: [embedded_clze4]}", ["evaluations.zero_shot.tasks[0]", "not a task of the offline pack",
-                                   "embedded_lastword, embedded_cloze4"]),
+    ("{tasks: [embedded_clze4]}", ["evaluations.zero_shot.tasks[0]", "unknown zero-shot task 'embedded_clze4'",
+                                   "embedded_lastword, embedded_cloze4", "Did you mean embedded_cloze4"]),
     ("{tasks: [piqa], limit: 1.5}", ["evaluations.zero_shot.limit", "fraction below 1"]),
     ("{tasks: [piqa, piqa]}", ["evaluations.zero_shot.tasks", "listed twice"]),
     ("{tasks: [piqa], batch: 8}", ["evaluations.zero_shot.batch", "unknown key"]),
