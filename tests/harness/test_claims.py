@@ -211,3 +211,61 @@ def test_shipped_crvq_claims_on_quickstart_like_results(recs) -> None:
     assert rows["crvq-best-setting"].verdict == NOT_COVERED  # no other CRVQ setting in these results
     assert rows["aqlm-1x16-llama2-7b"].verdict == NOT_COVERED
     assert all(r.stand_in for r in rows.values() if r.model is not None)
+
+
+def _with_bpb(r: dict, bytes_per_token: float = 4.0) -> dict:
+    """A record with the protocol's bpb: total NLL in bits over the bytes the tokens cover."""
+    info = r["metrics"]["perplexity"]["embedded"]
+    info["bpb"] = info["nll"] / math.log(2) / bytes_per_token
+    return r
+
+
+def _with_throughput(r: dict, repeats: list[float]) -> dict:
+    r["metrics"]["throughput"] = {"results": [{"batch_size": 1, "tokens_per_s": float(np.median(repeats)),
+                                               "tokens_per_s_min": min(repeats), "tokens_per_s_max": max(repeats)}]}
+    return r
+
+
+def test_bpb_throughput_and_zero_shot_values() -> None:
+    base = base_nll(seed=7)
+    recs = [_with_throughput(_with_bpb(record("a", "aqlm", 1, base, zero_shot={"piqa": task(0.60)})), [10, 11, 12]),
+            _with_throughput(_with_bpb(record("c", "crvq", 1, _shift(base, -0.3), zero_shot={"piqa": task(0.62)})),
+                             [8, 9, 9.5])]
+    rows = verify_claims(_claims(
+        {**PAIR, "metric": "bpb:embedded", "change": {"percent": float(100 * -0.3 / base.mean())}},
+        {**PAIR, "metric": "bpb:embedded", "change": {"absolute": -0.3 / math.log(2) / 4}, "tolerance": 0.001},
+        {"method": "aqlm", "metric": "bpb:embedded", "value": float(base.mean() / math.log(2) / 4)},
+        {**PAIR, "metric": "tok/s", "change": {"percent": -20}},
+        {"method": "crvq", "metric": "tok/s:b1", "value": 20},
+        {"method": "crvq", "metric": "acc:piqa", "value": 62},
+        {**PAIR, "metric": "tok/s:b8", "change": {"percent": -20}},
+    ), [("res", recs)])
+    rel, absolute, value, speed, speed_value, acc_value, no_batch = rows
+    expected = 100 * (-0.3 / base.mean())  # bpb is proportional to the mean NLL: the factor cancels
+    assert rel.measurement.value == pytest.approx(expected, rel=1e-2) and rel.measurement.low < expected
+    assert rel.verdict == REPRODUCED and "paired bootstrap over 200 windows" in rel.line()
+    assert absolute.measurement.value == pytest.approx(-0.3 / math.log(2) / 4, rel=1e-2)
+    assert absolute.verdict == REPRODUCED
+    assert value.verdict == REPRODUCED and value.measurement.low < value.measurement.value < value.measurement.high
+    # tok/s: 9 vs 11 tok/s medians, −18.2%, the repeats' range [8/12 − 1, 9.5/10 − 1] = [−33.3%, −5%]
+    assert speed.measurement.value == pytest.approx(100 * (9 / 11 - 1))
+    assert (speed.measurement.low, speed.measurement.high) == pytest.approx((100 * (8 / 12 - 1), 100 * (9.5 / 10 - 1)))
+    assert speed.verdict == REPRODUCED and "range of the timed repeats" in speed.line()
+    assert speed_value.verdict == WEAKER  # 9 tok/s measured, 20 claimed: higher is better
+    assert acc_value.measurement.value == pytest.approx(62) and acc_value.verdict == REPRODUCED
+    assert no_batch.verdict == NOT_COVERED and "batch size 8" in no_batch.reason
+
+
+def test_ambiguous_lines_and_params_selection(recs) -> None:
+    extra = [{**r, "key": r["key"] + "h", "method_label": r["method"] + "-harness", "label": r["label"] + "-h"}
+             for r in recs if r["method"] in ("aqlm", "crvq")]
+    # without a label the line labelled like the method (the published one) is taken
+    row = _one(_claims({**PAIR, "change": {"percent": -9.5}}), recs + extra)
+    assert row.verdict == REPRODUCED and row.measurement.against_label == "crvq"
+    # a label glob that matches two lines is ambiguous: not covered, with the lines named
+    row = _one(_claims({**PAIR, "against": {"method": "crvq", "label": "crvq*"}, "change": {"percent": -9.5}}),
+               recs + extra)
+    assert row.verdict == NOT_COVERED and "several method lines (crvq, crvq-harness)" in row.reason
+    row = _one(_claims({**PAIR, "against": {"method": "crvq", "label": "crvq-harness"}, "change": {"percent": -9.5}}),
+               recs + extra)
+    assert row.measurement.against_label == "crvq-harness"
