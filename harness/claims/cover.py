@@ -92,11 +92,13 @@ def measure_check(check: Check, records: Sequence[Record], where: str, *,
 
 def _run(check: Check, metric: Metric, model: str, budget: int | None, make, where: str, resamples: int,
          seed: int) -> Cover:
-    """Cover of one group: ``make()`` gives (bases, against); a failure becomes the reason."""
+    """Cover of one group: ``make(notes)`` gives (bases, against, matched-bits text) and adds its
+    pairing notes; a failure becomes the reason it is not covered."""
     try:
-        bases, against, matched = make()
+        notes: list[str] = []
+        bases, against, matched = make(notes)
         m = _measure(check, metric, model, budget, bases, against, where, resamples, seed)
-        return Cover(model, budget, dataclasses.replace(m, matched=matched) if matched else m)
+        return Cover(model, budget, dataclasses.replace(m, matched=matched, notes=(*notes, *m.notes)))
     except (_NotCovered, HarnessError, ValueError) as exc:
         return Cover(model, budget, reason=str(exc))
 
@@ -114,7 +116,7 @@ def _value_covers(check: Check, metric: Metric, rows: list[Record], where: str, 
                                                           f"{model} (it has {have})"))
                 continue
 
-            def make(at=at, budget=budget, model=model):
+            def make(notes, at=at, budget=budget, model=model):
                 group = f"{model}/{_budget_text(budget)}"
                 return [], list(_by_seed(at, method_label(at[0]), group, where).values()), ""
 
@@ -149,8 +151,8 @@ def _budget_covers(check: Check, metric: Metric, base: list[Record], against: li
                 covers.append(Cover(model, budget, reason=f"no {side.describe()} cell at budget {budget} on {model}"))
                 continue
 
-            def make(bb=bb, aa=aa, budget=budget, model=model):
-                pairs = _pairs(bb, aa, f"{model}/{_budget_text(budget)}", where)
+            def make(notes, bb=bb, aa=aa, budget=budget, model=model):
+                pairs = _pairs(bb, aa, f"{model}/{_budget_text(budget)}", where, notes)
                 return [_Base(b) for b, _ in pairs], [a for _, a in pairs], ""
 
             covers.append(_run(check, metric, model, budget, make, where, resamples, seed))
@@ -206,7 +208,7 @@ def _matched_covers(check: Check, metric: Metric, base: list[Record], against: l
                 covers.append(Cover(model, budget, reason=f"no {check.against.describe()} cell at budget {budget} on {model}"))
                 continue
 
-            def make(aa=aa, budget=budget, model=model, b_rows=b_rows):
+            def make(notes, aa=aa, budget=budget, model=model, b_rows=b_rows):
                 ds, _ = _dataset(b_rows + aa, metric.what)
                 front = _frontier(check, metric, b_rows, ds)
                 x = _mean_bits(aa, check.bits)
@@ -223,8 +225,8 @@ def _matched_covers(check: Check, metric: Metric, base: list[Record], against: l
                 lo, hi = front[i], front[min(i + 1, len(front) - 1)]
                 alpha = 0.0 if hi[0] == lo[0] else (x - lo[0]) / (hi[0] - lo[0])
                 group = f"{model}/{_budget_text(budget)}"
-                to_lo = {a["key"]: b for b, a in _pairs(lo[1], aa, group, where)}
-                to_hi = {a["key"]: b for b, a in _pairs(hi[1], aa, group, where)} if alpha > 0 else to_lo
+                to_lo = {a["key"]: b for b, a in _pairs(lo[1], aa, group, where, notes)}
+                to_hi = {a["key"]: b for b, a in _pairs(hi[1], aa, group, where, notes)} if alpha > 0 else to_lo
                 keys = [a["key"] for a in aa if a["key"] in to_lo and a["key"] in to_hi]
                 bases = [_Base(to_lo[k], to_hi[k] if alpha > 0 else None, alpha) for k in keys]
                 against_rows = [next(a for a in aa if a["key"] == k) for k in keys]

@@ -95,10 +95,12 @@ def _budget_text(budget: int | None) -> str:
     return "-" if budget is None else f"b{budget}"
 
 
-def _pairs(base: list[Record], against: list[Record], group: str, where: str) -> Pairs:
+def _pairs(base: list[Record], against: list[Record], group: str, where: str, notes: list[str]) -> Pairs:
+    """Rows paired by seed as `harness compare` pairs them; its notes (unpaired seeds) go to ``notes``."""
     labels = (method_label(base[0]), method_label(against[0]))
-    pairs, _ = pair_seeds(_by_seed(base, labels[0], group, where), _by_seed(against, labels[1], group, where),
-                          labels, group, where)
+    pairs, found = pair_seeds(_by_seed(base, labels[0], group, where), _by_seed(against, labels[1], group, where),
+                              labels, group, where)
+    notes += [n for n in found if n not in notes]
     return pairs
 
 

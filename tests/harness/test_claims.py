@@ -188,9 +188,10 @@ def test_seeds_are_paired_and_several_results_dirs(recs) -> None:
     for s in (0, 1, 2):
         base = base_nll(level=5 + 0.2 * s, seed=10 + s)
         seeded += [record(f"a{s}", "aqlm", 1, base, seed=s), record(f"c{s}", "crvq", 1, _shift(base, -0.1, seed=s), seed=s)]
+    seeded.append(record("a3", "aqlm", 1, base_nll(seed=13), seed=3))  # no crvq counterpart: left out, said so
     rows = verify_claims(_claims({**PAIR, "change": {"percent": -9.5}}), [("one", recs), ("three", seeded)])
     assert [(r.results, r.measurement.seeds) for r in rows] == [("one", 1), ("three", 3)]
-    assert "200 windows × 3 seeds" in rows[1].line()
+    assert "200 windows × 3 seeds" in rows[1].line() and "seeds [3] of aqlm have no counterpart" in rows[1].line()
 
 
 def test_shipped_crvq_claims_on_quickstart_like_results(recs) -> None:
