@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -124,16 +124,24 @@ def _value_covers(check: Check, metric: Metric, rows: list[Record], where: str, 
     return covers
 
 
-def _budget_covers(check: Check, metric: Metric, base: list[Record], against: list[Record], where: str,
-                   resamples: int, seed: int) -> list[Cover]:
-    covers = []
+def _per_model(check: Check, base: list[Record], against: list[Record],
+               covers: list[Cover]) -> Iterator[tuple[str, list[Record], list[Record]]]:
+    """(model, base rows, against rows) for every model both sides ran; a model that one side
+    lacks gets its not-covered row in ``covers``."""
     for model in _models(against, base):
         b_rows = [r for r in base if model_label(r) == model]
         a_rows = [r for r in against if model_label(r) == model]
-        if not b_rows or not a_rows:
+        if b_rows and a_rows:
+            yield model, b_rows, a_rows
+        else:
             side = check.base if not b_rows else check.against
             covers.append(Cover(model, check.budget, reason=f"no {side.describe()} cell on {model}"))
-            continue
+
+
+def _budget_covers(check: Check, metric: Metric, base: list[Record], against: list[Record], where: str,
+                   resamples: int, seed: int) -> list[Cover]:
+    covers: list[Cover] = []
+    for model, b_rows, a_rows in _per_model(check, base, against, covers):
         b_budgets, a_budgets = {_budget(r) for r in b_rows}, {_budget(r) for r in a_rows}
         if check.budget is not None:
             budgets = [check.budget]
@@ -165,7 +173,7 @@ def _config(r: Record) -> str:
     return json.dumps([method_label(r), _budget(r), r.get("params") or {}], sort_keys=True, default=str)
 
 
-def _frontier(check: Check, metric: Metric, rows: list[Record], ds: str) -> list[tuple[float, list[Record]]]:
+def _frontier(check: Check, rows: list[Record], ds: str) -> list[tuple[float, list[Record]]]:
     """The base's Pareto frontier (bits vs mean NLL on ``ds``, over its cell configs, seeds averaged),
     sorted by bits: [(bits, records of that config), ...]."""
     configs: dict[str, list[Record]] = {}
@@ -192,15 +200,9 @@ def _label(rows: list[Record]) -> str:
 
 def _matched_covers(check: Check, metric: Metric, base: list[Record], against: list[Record], where: str,
                     resamples: int, seed: int) -> list[Cover]:
-    covers = []
+    covers: list[Cover] = []
     base_name = check.base.describe()
-    for model in _models(against, base):
-        b_rows = [r for r in base if model_label(r) == model]
-        a_rows = [r for r in against if model_label(r) == model]
-        if not b_rows or not a_rows:
-            side = check.base if not b_rows else check.against
-            covers.append(Cover(model, check.budget, reason=f"no {side.describe()} cell on {model}"))
-            continue
+    for model, b_rows, a_rows in _per_model(check, base, against, covers):
         budgets = [check.budget] if check.budget is not None else _sorted_budgets({_budget(r) for r in a_rows})
         for budget in budgets:
             aa = [r for r in a_rows if _budget(r) == budget]
@@ -210,7 +212,7 @@ def _matched_covers(check: Check, metric: Metric, base: list[Record], against: l
 
             def make(notes, aa=aa, budget=budget, model=model, b_rows=b_rows):
                 ds, _ = _dataset(b_rows + aa, metric.what)
-                front = _frontier(check, metric, b_rows, ds)
+                front = _frontier(check, b_rows, ds)
                 x = _mean_bits(aa, check.bits)
                 if x is None:
                     raise _NotCovered(f"the {check.against.describe()} cells record no {check.bits}")

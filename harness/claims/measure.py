@@ -31,9 +31,9 @@ from harness.analysis.compare import (
     model_label,
     pair_seeds,
 )
-from harness.analysis.stats import DEFAULT_RESAMPLES, _draws, _percentiles, paired_difference, perplexity_interval
+from harness.analysis.stats import _draws, _percentiles, paired_difference, perplexity_interval
 from harness.analysis.zeroshot_diff import _acc_and_se, _zero_shot_tasks, zero_shot_differences
-from harness.claims.schema import Check, Metric, SideSpec, parse_metric
+from harness.claims.schema import Check, Metric, SideSpec
 from harness.claims.verdict import Measurement
 from harness.errors import HarnessError
 

@@ -36,7 +36,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -92,12 +92,17 @@ class SideSpec(_Strict):
         return text
 
 
-Range = Union[float, tuple[float, float]]
+#: A claimed number or range [low, high]; a number x is read as [x, x].
+Range = tuple[float, float]
 
 
-def _as_range(value: Range) -> tuple[float, float]:
-    low, high = (value, value) if isinstance(value, (int, float)) else value
-    return float(low), float(high)
+def _as_range(value: Any) -> Any:
+    """``x`` → ``(x, x)``; a list passes on to the tuple check; anything else is an error."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value, value)
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    raise ValueError(f"{value!r} is not a number: give a number, or a range [low, high] (-.inf/.inf for one side)")
 
 
 class Change(_Strict):
@@ -106,6 +111,11 @@ class Change(_Strict):
 
     percent: Range | None = None
     absolute: Range | None = None
+
+    @field_validator("percent", "absolute", mode="before")
+    @classmethod
+    def _number_is_a_range(cls, v: Any) -> Any:
+        return _as_range(v)
 
     @model_validator(mode="after")
     def _one(self) -> "Change":
@@ -123,7 +133,7 @@ class Change(_Strict):
 
     @property
     def range(self) -> tuple[float, float]:
-        return _as_range(self.percent if self.percent is not None else self.absolute)  # type: ignore[arg-type]
+        return self.percent if self.percent is not None else self.absolute  # type: ignore[return-value]
 
 
 class Check(_Strict):
@@ -133,9 +143,9 @@ class Check(_Strict):
     metric: str = Field(description=METRIC_FORMS)
     model: str = Field(description="the claimed model: hub id, shape preset (llama2-7b) or a glob over them")
     budget: int | None = Field(None, description="nominal bit budget of the cells (default: every budget)")
-    base: Union[str, SideSpec, None] = None
-    against: Union[str, SideSpec, None] = None
-    method: Union[str, SideSpec, None] = None
+    base: SideSpec | None = Field(None, description="a method name, or {method, label, params}")
+    against: SideSpec | None = None
+    method: SideSpec | None = Field(None, description="the method of a `value` claim")
     change: Change | None = None
     value: Range | None = None
     tolerance: float = Field(0.0, ge=0, description="what still counts as agreeing, in the unit of the claim")
@@ -145,10 +155,15 @@ class Check(_Strict):
     bits: Literal["bits", "bits_paper"] = Field("bits", description="the bits measure used to match bits")
     level: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
 
-    @field_validator("base", "against", "method", mode="after")
+    @field_validator("base", "against", "method", mode="before")
     @classmethod
-    def _side(cls, v: Union[str, SideSpec, None]) -> SideSpec | None:
-        return SideSpec(method=v) if isinstance(v, str) else v
+    def _side(cls, v: Any) -> Any:
+        return {"method": v} if isinstance(v, str) else v
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_is_a_range(cls, v: Any) -> Any:
+        return _as_range(v)
 
     @model_validator(mode="after")
     def _form(self) -> "Check":
@@ -175,7 +190,7 @@ class Check(_Strict):
 
     @property
     def claimed(self) -> tuple[float, float]:
-        return self.change.range if self.change is not None else _as_range(self.value)  # type: ignore[arg-type]
+        return self.change.range if self.change is not None else self.value  # type: ignore[return-value]
 
     @property
     def unit(self) -> str:
@@ -310,32 +325,6 @@ def _check_metric(metric: str, where: str) -> None:
         )
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part) in ("str", "SideSpec", "float", "tuple[float, float]") or "function-" in str(part):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _validation_message(path: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:4]:
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; unknown keys are not allowed)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        parts.append(f"field `{_format_loc(err['loc'])}`: {msg}")
-    more = f" (and {len(exc.errors()) - 4} more)" if len(exc.errors()) > 4 else ""
-    return (f"{path}: invalid claims file — " + "; ".join(parts) + more
-            + ". Fix the claims file (format: harness/claims/schema.py, example: suites/claims/crvq.yaml).")
-
-
 def load_claims(path: str | os.PathLike) -> ClaimsFile:
     """Read and validate a claims file: schema, then the methods, params, metrics and model
     patterns it names. Raises :class:`ClaimsError` (one paragraph: file, field, fix)."""
@@ -350,8 +339,12 @@ def load_claims(path: str | os.PathLike) -> ClaimsFile:
         raise ClaimsError(f"{p}: a claims file must be a YAML mapping with `name`, `sources` and `claims`.")
     try:
         claims = ClaimsFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ClaimsError(_validation_message(str(p), exc)) from None
+    except ValidationError as exc:  # the suite loader's one-paragraph message
+        from harness.suite import _validation_message
+
+        raise ClaimsError(_validation_message(
+            str(p), exc, "claims file", "Fix the claims file (format: harness/claims/schema.py, example: "
+            "suites/claims/crvq.yaml).")) from None
     for i, claim in enumerate(claims.claims):
         field = f"claims[{i}].check"
         _check_metric(claim.check.metric, _where(p, field + ".metric", claim.id))

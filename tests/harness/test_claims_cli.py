@@ -2,7 +2,6 @@
 paragraph naming the file, the field and the fix, never a traceback)."""
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import cli
 from harness.report import write_report
 from harness.store import ResultStore
 from tests.fixtures.compare_records import base_nll, record, task
+from tests.harness.test_compare_cli import _harness
 
 CLAIMS = textwrap.dedent(
     """\
@@ -57,14 +56,6 @@ def claims_file(tmp_path: Path) -> Path:
     path = tmp_path / "claims.yaml"
     path.write_text(CLAIMS)
     return path
-
-
-def _harness(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    captured = capsys.readouterr()
-    return exc.value.code or 0, captured.out, captured.err
 
 
 def test_verify_prints_one_verdict_per_claim_and_model(results, claims_file, monkeypatch, capsys) -> None:
@@ -140,6 +131,8 @@ _OK = "{base: aqlm, against: crvq, model: llama2-7b, metric: ppl:wikitext2, chan
     (_HEAD + _OK.replace("change: {percent: -10}", "change: {percent: -10, absolute: 1}") + "}\n",
      ["claims[0].check.change", "exactly one of `percent` or `absolute`"]),
     (_HEAD + _OK.replace("change: {percent: -10}", "value: 5") + "}\n", ["a `value` claim needs `method`"]),
+    (_HEAD + _OK.replace("percent: -10", "percent: -10%") + "}\n",
+     ["claims[0].check.change.percent", "'-10%' is not a number", "[low, high]"]),
     (_HEAD + _OK.replace("ppl:wikitext2", "bits") + ", at: matched_bits}\n", ["matched_bits", "metric 'bits'"]),
     (_HEAD.replace("source: p", "source: q") + _OK + "}\n", ["claims[0].source 'q' is not a key of `sources`"]),
     (_HEAD + _OK + "}\n  - id: a\n    source: p\n    statement: s\n    check: " + _OK + "}\n", ["'a' is used twice"]),
