@@ -61,7 +61,11 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _validation_message(path: str, exc: ValidationError) -> str:
+def _validation_message(
+    path: str, exc: ValidationError, what: str = "suite", fix: str = "Fix the suite file and run `harness validate` again."
+) -> str:
+    """One paragraph from a pydantic error: the file, up to four fields with their problem, the fix
+    (also used for other validated YAML files, e.g. claims files: `what` and `fix`)."""
     parts = []
     for err in exc.errors()[:4]:
         loc = _format_loc(err["loc"])
@@ -72,7 +76,7 @@ def _validation_message(path: str, exc: ValidationError) -> str:
             msg = "required field is missing"
         parts.append(f"field `{loc}`: {msg}")
     more = f" (and {len(exc.errors()) - 4} more)" if len(exc.errors()) > 4 else ""
-    return f"{path}: invalid suite — " + "; ".join(parts) + more + ". Fix the suite file and run `harness validate` again."
+    return f"{path}: invalid {what} — " + "; ".join(parts) + more + f". {fix}"
 
 
 def load_suite(path: str | os.PathLike, *, stand_in: str | None = None) -> Suite:
