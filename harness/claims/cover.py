@@ -27,6 +27,7 @@ from harness.claims.measure import (
     _pairs,
     _plain_effect,
     _window_nll,
+    algorithm_notes,
     side_records,
 )
 from harness.claims.schema import Check, Metric, parse_metric
@@ -61,8 +62,10 @@ def _measure(check: Check, metric: Metric, model: str, budget: int | None, bases
     if bases:
         lines = list(dict.fromkeys(method_label(r) for b in bases for r in b.records()))
         base_label = lines[0] if len(lines) == 1 else f"{check.base.describe()} frontier"
+    base_rows = [r for b in bases for r in b.records()]
+    notes = (*m.notes, *algorithm_notes(base_rows + list(against)))
     return dataclasses.replace(m, against_bits=_mean_bits(against, check.bits), base_bits=base_bits,
-                               against_label=method_label(against[0]), base_label=base_label)
+                               against_label=method_label(against[0]), base_label=base_label, notes=notes)
 
 
 def measure_check(check: Check, records: Sequence[Record], where: str, *,

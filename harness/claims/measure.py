@@ -37,7 +37,7 @@ from harness.claims.schema import Check, Metric, SideSpec
 from harness.claims.verdict import Measurement
 from harness.errors import HarnessError
 
-__all__ = ["Cover", "measure_check"]
+__all__ = ["Cover", "algorithm_notes", "side_records"]
 
 Record = dict[str, Any]
 Pairs = list[tuple[Record, Record]]
@@ -80,6 +80,25 @@ def _one_line(rows: list[Record], side: SideSpec) -> list[Record]:
     if side.method in labels and side.label is None:
         return [r for r in rows if method_label(r) == side.method]
     raise _NotCovered(f"{side.describe()} matches several method lines ({', '.join(labels)}); name one with `label:`")
+
+
+def algorithm_notes(rows: Sequence[Record]) -> list[str]:
+    """A note per method line whose cells ran a variant rather than the published algorithm: the
+    label its method gives the cells' params (``Quantizer.default_label``, e.g. ``crvq-harness``,
+    or ``aqlm-kmeans_metric=hessian`` for cells made before the published algorithm was the default)."""
+    from harness.registry import get_method
+
+    notes = []
+    for line in dict.fromkeys(method_label(r) for r in rows):
+        r = next(r for r in rows if method_label(r) == line)
+        try:
+            method = get_method(str(r.get("method")))
+            algorithm = method.default_label(method.Config.model_validate(r.get("params") or {}))
+        except (HarnessError, ValueError):  # an unregistered method, or params of an older config
+            continue
+        if algorithm != method.name:
+            notes.append(f"{line} ran '{algorithm}', not the published {method.name} algorithm")
+    return notes
 
 
 def _budget(r: Record) -> int | None:

@@ -258,8 +258,8 @@ def test_bpb_throughput_and_zero_shot_values() -> None:
 
 
 def test_ambiguous_lines_and_params_selection(recs) -> None:
-    extra = [{**r, "key": r["key"] + "h", "method_label": r["method"] + "-harness", "label": r["label"] + "-h"}
-             for r in recs if r["method"] in ("aqlm", "crvq")]
+    extra = [{**r, "key": r["key"] + "h", "method_label": r["method"] + "-harness", "label": r["label"] + "-h",
+              "params": {**r["params"], "variant": "harness"}} for r in recs if r["method"] in ("aqlm", "crvq")]
     # without a label the line labelled like the method (the published one) is taken
     row = _one(_claims({**PAIR, "change": {"percent": -9.5}}), recs + extra)
     assert row.verdict == REPRODUCED and row.measurement.against_label == "crvq"
@@ -270,3 +270,5 @@ def test_ambiguous_lines_and_params_selection(recs) -> None:
     row = _one(_claims({**PAIR, "against": {"method": "crvq", "label": "crvq-harness"}, "change": {"percent": -9.5}}),
                recs + extra)
     assert row.measurement.against_label == "crvq-harness"
+    assert "crvq-harness ran 'crvq-harness', not the published crvq algorithm" in row.line()  # said, not hidden
+    assert "not the published aqlm" not in row.line()
