@@ -9,7 +9,16 @@ import pytest
 from harness.suite import load_suite, resolve_cells
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITES = sorted(p for p in (ROOT / "suites").rglob("*.yaml") if not p.name.startswith("reference_"))
+SUITES = sorted(p for p in (ROOT / "suites").rglob("*.yaml")
+                if not p.name.startswith("reference_") and "claims" not in p.relative_to(ROOT / "suites").parts)
+CLAIMS = sorted((ROOT / "suites" / "claims").glob("*.yaml"))  # claims files (harness verify), not suites
+
+
+@pytest.mark.parametrize("path", CLAIMS, ids=lambda p: p.name)
+def test_shipped_claims_file_loads(path):
+    from harness.claims import load_claims
+
+    assert load_claims(path).claims
 
 
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: str(p.relative_to(ROOT / "suites")))
