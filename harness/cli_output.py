@@ -68,7 +68,7 @@ def print_claims(claims: ClaimsFile, rows: Sequence[ClaimVerdict]) -> None:
     for claim in claims.claims:
         where = f", {claim.table}" if claim.table else ""
         out.print(f"{claim.id} ({claim.source}{where}; claimed model {claim.check.model}): {claim.statement}",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)
         for row in (r for r in rows if r.claim.id == claim.id):
             out.print(f"  {row.line(with_claim=False)}", highlight=False, markup=False, soft_wrap=True)
     counts = Counter(r.verdict for r in rows)
