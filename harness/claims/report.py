@@ -25,15 +25,20 @@ def display_rows(rows: Sequence[ClaimVerdict]) -> list[dict[str, str]]:
         m, check = v.measurement, v.claim.check
         measured = "-" if m is None else m.effect_text(check.metric)
         detail = v.reason if m is None else "; ".join([m.how, *([m.matched] if m.matched else []), *m.notes])
+        num = _bits if check.metric in ("bits", "bits_paper", "model_bits") else _num
         out.append({
             "claim": v.claim.id, "results": v.results, "model": v.model or "-",
             "budget": "-" if v.budget is None else str(v.budget), "metric": check.metric,
             "claimed": v.claimed_text, "measured": measured,
-            "sides": "-" if m is None else (f"{m.base_label} {_num(m.base)} → {m.against_label} {_num(m.against)}"
-                                            if m.base is not None else f"{m.against_label} {_num(m.against)}"),
+            "sides": "-" if m is None else (f"{m.base_label} {num(m.base)} → {m.against_label} {num(m.against)}"
+                                            if m.base is not None else f"{m.against_label} {num(m.against)}"),
             "verdict": v.verdict, "scope": v.scope or "-", "how": detail or "-",
         })
     return out
+
+
+def _bits(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4f}"
 
 
 def _num(x: float | None) -> str:
@@ -81,7 +86,7 @@ def write_claim_tables(store: ResultStore, rows: Sequence[ClaimVerdict], *, titl
     frame = pd.DataFrame([v.to_row() for v in rows])
     csv = atomic_write_text(store.tables_dir / "claims.csv", frame.to_csv(index=False))
     uncovered = sum(v.verdict == NOT_COVERED for v in rows)
-    logger.info("claims: %d verdict(s), %d not covered; %s", len(rows), uncovered, md)
+    logger.debug("claims: %d verdict(s), %d not covered; %s", len(rows), uncovered, md)
     return [md, csv]
 
 
