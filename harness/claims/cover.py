@@ -104,6 +104,8 @@ def _run(check: Check, metric: Metric, model: str, budget: int | None, make, whe
         return Cover(model, budget, dataclasses.replace(m, matched=matched, notes=(*notes, *m.notes)))
     except (_NotCovered, HarnessError, ValueError) as exc:
         return Cover(model, budget, reason=str(exc))
+    except ZeroDivisionError:
+        return Cover(model, budget, reason=f"the base's {check.metric} is 0, so no relative change can be computed")
 
 
 def _value_covers(check: Check, metric: Metric, rows: list[Record], where: str, resamples: int, seed: int) -> list[Cover]:

@@ -234,7 +234,8 @@ def _nll_effect(check: Check, metric: Metric, against: list[Record], bases: list
 
 def _acc_effect(check: Check, metric: Metric, model: str, budget: int | None, pairs: Pairs,
                 against: list[Record]) -> Measurement:
-    """Zero-shot accuracy (percent): one task or the mean over the tasks both sides finished."""
+    """Zero-shot accuracy (percent): one task or the mean over the tasks both sides finished; the
+    relative change's CI is the difference's CI divided by the base's mean accuracy."""
     z = NormalDist().inv_cdf(0.5 + check.level / 2)
     if not pairs:  # a claimed value
         per_task = [_zero_shot_tasks(r) for r in against]
