@@ -4,7 +4,7 @@ A claims file is YAML (see ``suites/claims/crvq.yaml``)::
 
     name: crvq-paper
     sources:
-      crvq: {title: "Xu et al., CRVQ ... (TACL 2025)", version: "arXiv 2412.09282", url: "https://..."}
+      crvq: {title: "Xu et al., CRVQ: Channel-Relaxed Vector Quantization ...", version: "TACL 2025", url: "https://..."}
     claims:
       - id: crvq-vs-aqlm-ppl             # unique, lower-case words joined by '-'
         source: crvq                      # a key of `sources`
@@ -22,12 +22,13 @@ A claims file is YAML (see ``suites/claims/crvq.yaml``)::
           at: budget                      # or matched_bits: base interpolated on its frontier
       - id: aqlm-2x8-value
         ...
-        check: {method: aqlm, params: {num_codebooks: 2}, model: llama2-7b, metric: ppl:wikitext2, value: 6.69}
+        check: {method: {method: aqlm, params: {num_codebooks: 2}}, model: llama2-7b, metric: ppl:wikitext2,
+                value: 6.69, tolerance: 0.1}
 
 Validation is pure (no I/O besides reading the file); unknown keys are errors. Names that must
 exist (methods, their params, metrics, datasets, tasks, model patterns) are checked by
-:func:`load_claims`, which raises :class:`~harness.errors.ClaimsError` naming the file, the field
-and the fix.
+:func:`load_claims`, which raises :class:`ClaimsError` (a ``HarnessError``: exit 2 in the CLI)
+naming the file, the field and the fix.
 """
 from __future__ import annotations
 
