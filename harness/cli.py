@@ -73,12 +73,11 @@ def run(
     stand_in: Optional[str] = typer.Option(None, "--stand-in", help=STAND_IN_HELP),
 ) -> None:
     """Run every cell of a suite (finished cells are skipped), then write tables and plots."""
+    from harness.claims.report import suite_claim_files
     from harness.executors import check_executor, run_cells
     from harness.report import write_report
     from harness.store import ResultStore
     from harness.suite import load_suite, output_dir, resolve_cells
-
-    from harness.claims.report import suite_claim_files
 
     suite = load_suite(suite_path, stand_in=stand_in)
     print_stand_in(suite)
