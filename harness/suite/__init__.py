@@ -136,7 +136,7 @@ def _check_model(spec: ModelSpec, where: str, suite_path: Path) -> None:
 
 def _check_compare(suite: Suite, path: Path) -> None:
     """`report.compare` names methods of the suite (by label or name), two different ones."""
-    names = {e.label or e.name for e in suite.methods} | {e.name for e in suite.methods}
+    names = {label for e in suite.methods for label in _line_labels(e)} | {e.name for e in suite.methods}
     for i, pair in enumerate(suite.report.compare):
         for side in ("base", "against"):
             if getattr(pair, side) not in names:
@@ -146,6 +146,18 @@ def _check_compare(suite: Suite, path: Path) -> None:
                 )
         if pair.base == pair.against:
             raise SuiteError(f"{path}: field `report.compare[{i}]`: base and against are both '{pair.base}'; name two methods.")
+
+
+def _line_labels(entry: MethodEntry) -> set[str]:
+    """The method labels a line's cells get: its `label`, else the method's default label of each
+    resolved config (e.g. `aqlm-harness`); the bare name when its params do not resolve (reported elsewhere)."""
+    if entry.label:
+        return {entry.label}
+    try:
+        method = get_method(entry.name)
+        return {method.default_label(method.Config.model_validate(p)) for _, p in _resolve_entry(entry, "")}
+    except (HarnessError, ValidationError):
+        return {entry.name}
 
 
 def _check_sweeps(suite: Suite, path: Path) -> None:

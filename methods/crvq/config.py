@@ -28,7 +28,7 @@ PRESETS: dict[int, dict[str, Any]] = {
 
 #: What each `variant` sets (a field given explicitly in the params wins). `published` is the CRVQ
 #: paper's algorithm: every channel sorted by importance and AQLM's plain k-means init (the
-#: per-layer errors match the official code within 1%, tests/methods/test_published_fidelity.py).
+#: per-layer errors match the official code within 1%, tests/methods/crvq/test_published_fidelity.py).
 #: `harness` is this harness's recipe: the critical channels in front and the others in their own
 #: order, and the k-means weighted by the diagonal of the output error.
 VARIANTS: dict[str, dict[str, Any]] = {
