@@ -18,7 +18,8 @@ import torch
 from harness import environment
 from harness.environment import peak_memory
 from harness.checkpoint import save_quantized
-from harness.data import calibration_batch, eval_windows, token_hash
+from harness.data import calibration_batch, token_hash
+from harness.data.windows import eval_text_windows
 from harness.metrics.agreement import logit_agreement
 from harness.metrics.bits import count_bits
 from harness.metrics.perplexity import perplexity
@@ -240,17 +241,29 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
         metrics["perplexity"] = {}
         for dataset in ppl_spec.datasets:
             seqlen = ppl_spec.seqlen or default_seqlen
-            windows = eval_windows(dataset, tokenizer, seqlen, max_windows=ppl_spec.max_windows, base_dir=base_dir)
+            evaluated = eval_text_windows(
+                dataset, tokenizer, seqlen, max_windows=ppl_spec.max_windows, text_bytes=ppl_spec.text_bytes,
+                base_dir=base_dir,
+            )
+            windows = evaluated.windows
             result = perplexity(
-                model, windows, batch_size=ppl_spec.batch_size, progress=progress, desc=f"ppl {dataset}"
+                model, windows, batch_size=ppl_spec.batch_size, progress=progress, desc=f"ppl {dataset}",
+                window_bytes=evaluated.window_bytes,
             )
             if not math.isfinite(result.nll):
                 raise NonFiniteError(
                     f"{dataset} perplexity: the mean loss is {result.nll} (NaN/inf): the quantized model "
                     f"produces non-finite logits; check the method's params (e.g. a larger group size or more bits)"
                 )
-            metrics["perplexity"][dataset] = {**result.to_dict(), "token_hash": token_hash(windows)}
-            logger.info("%s: %s perplexity %.3f (%d windows of %d)", cell.label, dataset, result.ppl, result.windows, seqlen)
+            metrics["perplexity"][dataset] = {
+                **result.to_dict(),
+                "token_hash": token_hash(windows if isinstance(windows, torch.Tensor) else torch.cat(windows)),
+                **({"text_bytes": evaluated.text_bytes, "text_sha256": evaluated.text_sha256} if evaluated.text_bytes else {}),
+            }
+            logger.info(
+                "%s: %s perplexity %.3f, %s bits/byte (%d windows of %d)", cell.label, dataset, result.ppl,
+                f"{result.bpb:.4f}" if result.bpb is not None else "no", result.windows, seqlen,
+            )
     if cell.evaluations.zero_shot is not None:  # a failing task is recorded there; the cell stays ok
         metrics["zero_shot"] = _zero_shot(cell, model, tokenizer, store)
     if method_cls.modifies_weights:  # every quantized cell: do the decode kernels compute the evaluated model?

@@ -189,41 +189,84 @@ def _read_text_file(path: Path) -> str:
     return text
 
 
-def token_stream(source: str, tokenizer: Any, role: Role, base_dir: Path | None = None) -> torch.Tensor:
-    """The token ids of a stream source for one role: LongTensor [N] (shared cache: do not modify).
-
-    `embedded` and local files: the first half of the ids for "calibration", the second half
-    for "eval". `wikitext2`, `ptb`: the split's documents joined with "\\n\\n".
-    """
+def _stream_text(source: str, role: Role, base_dir: Path | None) -> tuple[tuple, Callable[[], str]]:
+    """(cache key, text maker) of a token-stream source; for hub streams the text of `role`'s
+    split, for `embedded` and local files the whole text (split by tokens or characters later)."""
     if source in HUB_DATASETS:
         spec = HUB_DATASETS[source]
         if not spec.joined:
             raise DataError(f"'{source}' is a document dataset, not a token stream.")
-
-        def make_hub() -> torch.Tensor:
-            return tokenize(tokenizer, "\n\n".join(hub_dataset(source, role)[spec.column]))
-
-        return cached_per_tokenizer(tokenizer, ("hub", source, role), make_hub)
+        return ("hub", source, role), lambda: "\n\n".join(hub_dataset(source, role)[spec.column])
     if source == EMBEDDED:
-        key: tuple = (EMBEDDED,)
-        make = embedded_text
-    else:
-        path = resolve_text_path(source, base_dir)
-        if path is None:
-            where = f"{Path.cwd()}" + (f" or {base_dir}" if base_dir else "")
-            raise DataError(
-                f"unknown dataset '{source}': not one of {', '.join([*HUB_DATASETS, EMBEDDED])} and no such "
-                f"text file (relative paths are read from {where})."
-            )
-        stat = path.stat()
-        key = ("file", str(path), stat.st_mtime_ns, stat.st_size)
+        return (EMBEDDED,), embedded_text
+    path = resolve_text_path(source, base_dir)
+    if path is None:
+        where = f"{Path.cwd()}" + (f" or {base_dir}" if base_dir else "")
+        raise DataError(
+            f"unknown dataset '{source}': not one of {', '.join([*HUB_DATASETS, EMBEDDED])} and no such "
+            f"text file (relative paths are read from {where})."
+        )
+    stat = path.stat()
+    return ("file", str(path), stat.st_mtime_ns, stat.st_size), lambda: _read_text_file(path)
 
-        def make() -> str:
-            return _read_text_file(path)
 
+def token_stream(source: str, tokenizer: Any, role: Role, base_dir: Path | None = None) -> torch.Tensor:
+    """The token ids of a stream source for one role: LongTensor [N] (shared cache: do not modify).
+
+    `embedded` and local files: the first half of the ids for "calibration", the second half
+    for "eval". `wikitext2`, `ptb`: the split's documents joined with "\n\n".
+    """
+    key, make = _stream_text(source, role, base_dir)
     ids = cached_per_tokenizer(tokenizer, key, lambda: tokenize(tokenizer, make()))
+    if source in HUB_DATASETS:
+        return ids
     half = ids.numel() // 2
     return ids[:half] if role == "calibration" else ids[half:]
+
+
+def owned_bytes(text: str, ends: Sequence[int]) -> Any:
+    """Per token, the UTF-8 bytes of `text` it covers: from the previous token's end offset to
+    its own (character offsets, as fast tokenizers give them; special tokens end at 0 and cover
+    nothing). Every byte up to the last end belongs to exactly one token. numpy int64 [N]."""
+    import numpy as np
+
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    widths = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
+    byte_at = np.concatenate([[0], np.cumsum(widths, dtype=np.int64)])  # byte offset of each character index
+    ends_arr = np.maximum.accumulate(np.asarray(ends, dtype=np.int64)) if len(ends) else np.zeros(0, np.int64)
+    positions = byte_at[ends_arr]
+    return np.diff(positions, prepend=0)
+
+
+def token_bytes(source: str, tokenizer: Any, role: Role, base_dir: Path | None = None) -> torch.Tensor | None:
+    """Per token of `token_stream(source, tokenizer, role)`, the UTF-8 bytes of text it covers
+    (`owned_bytes`): LongTensor [N], or None when the tokenizer gives no character offsets."""
+    key, make = _stream_text(source, role, base_dir)
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+
+    def make_bytes() -> torch.Tensor:
+        text = make()
+        encoded = tokenizer(text, return_attention_mask=False, return_offsets_mapping=True, verbose=False)
+        ids = cached_per_tokenizer(tokenizer, key, lambda: tokenize(tokenizer, text))
+        if list(encoded["input_ids"]) != ids.tolist():
+            raise DataError(f"dataset '{source}': the tokenizer gives other ids when asked for offsets")
+        return torch.from_numpy(owned_bytes(text, [end for _, end in encoded["offset_mapping"]]))
+
+    owned = cached_per_tokenizer(tokenizer, ("bytes", *key), make_bytes)
+    if source in HUB_DATASETS:
+        return owned
+    half = owned.numel() // 2
+    return owned[:half] if role == "calibration" else owned[half:]
+
+
+def heldout_text(source: str, base_dir: Path | None = None) -> str:
+    """The held-out text of a stream source, independent of any tokenizer: the evaluation split
+    of `wikitext2` / `ptb` (documents joined with "\n\n"); for `embedded` and local files the
+    second half of the characters."""
+    _key, make = _stream_text(source, "eval", base_dir)
+    text = make()
+    return text if source in HUB_DATASETS else text[len(text) // 2 :]
 
 
 def clear_caches() -> None:

@@ -13,6 +13,8 @@ from harness.report.repeats import (
     ACC_SE,
     ACC_STD,
     AUX_PREFIXES,
+    BPB_PREFIX,
+    BPB_STD,
     PPL_HI,
     PPL_LO,
     PPL_STD,
@@ -35,6 +37,8 @@ def _fmt(column: str) -> Callable[[Any], str]:
         spec = "{:.3f}"
     elif column.startswith(PPL_PREFIX):
         spec = "{:.2f}"
+    elif column.startswith(BPB_PREFIX):
+        spec = "{:.4f}"
     elif column.startswith(ACC_PREFIX):  # percent
         spec = "{:.1f}"
     elif column == "size_mb":
@@ -74,7 +78,7 @@ def _with_uncertainty(frame: pd.DataFrame, column: str) -> list[str]:
         if text == "-" or not _finite(value):
             out.append(text)
             continue
-        std = at.get(PPL_STD if prefix == PPL_PREFIX else ACC_STD)
+        std = at.get({PPL_PREFIX: PPL_STD, BPB_PREFIX: BPB_STD}.get(prefix, ACC_STD))
         if n.iloc[i] > 1 and _finite(std):
             text += f" ± {fmt(std)}"
         elif n.iloc[i] == 1 and prefix == ACC_PREFIX and _finite(at.get(ACC_SE)):
@@ -100,7 +104,7 @@ def display(frame: pd.DataFrame, drop_empty: Iterable[str], hidden: Iterable[str
         shown = shown.drop(columns="n")
     if "seed" in shown and shown["seed"].isna().all():
         shown = shown.drop(columns="seed")
-    merged = (PPL_PREFIX, ACC_PREFIX, TOK_PREFIX)
+    merged = (PPL_PREFIX, ACC_PREFIX, TOK_PREFIX, BPB_PREFIX)
     return pd.DataFrame(
         {c: _with_uncertainty(frame, c) if c.startswith(merged) else [_fmt(c)(v) for v in shown[c]] for c in shown.columns},
         columns=shown.columns,

@@ -12,6 +12,8 @@ import pandas as pd
 from harness.report.repeats import (
     ACC_SE,
     ACC_STD,
+    BPB_PREFIX,
+    BPB_STD,
     PPL_HI,
     PPL_LO,
     PPL_STD,
@@ -27,7 +29,7 @@ from harness.report.repeats import (
 )
 
 __all__ = [
-    "ACC_AVG", "ACC_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame", "failures_frame",
+    "ACC_AVG", "ACC_PREFIX", "BPB_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame", "failures_frame",
     "model_label", "params_strings", "records_frame", "results_frame", "to_float", "zero_shot_tasks",
 ]
 
@@ -108,7 +110,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per ``ok`` record; columns ``model, method, budget, params, seed, bits,
     bits_paper, model_bits, size_mb`` (10^6 bytes); per dataset ``ppl:<dataset>`` with
     ``ppl_std:`` (NaN here), ``ppl_lo:`` and ``ppl_hi:`` (95% bootstrap interval over the
-    evaluation windows); per zero-shot task ``acc:<task>`` (a fraction) with ``acc_std:`` (NaN
+    evaluation windows), and ``bpb:<dataset>`` (bits per UTF-8 byte; NaN for records without
+    it) with ``bpb_std:`` (NaN here); per zero-shot task ``acc:<task>`` (a fraction) with ``acc_std:`` (NaN
     here) and ``acc_se:`` (lm-eval's standard error), and ``acc:avg`` (the mean over the tasks
     that some row has; NaN for a row that misses one); per throughput batch size ``tok/s:b<n>``
     with ``tok/s_min:``/``tok/s_max:`` (see :mod:`harness.report.repeats`); ``quantize_s``
@@ -144,6 +147,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         for d, v in ppl.items():
             row[PPL_PREFIX + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
             row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([window_nll(r, d)])
+            row[BPB_PREFIX + d] = to_float(v.get("bpb") if isinstance(v, dict) else None)
         for t, v in zero_shot_tasks(r).items():
             if t not in tasks:
                 tasks.append(t)
@@ -155,12 +159,15 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         rows.append(row)
     columns = (
         _HEAD[:4] + ["seed"] + _HEAD[4:]
-        + [p + d for d in datasets for p in (PPL_PREFIX, PPL_STD, PPL_LO, PPL_HI)]
+        + [p + d for d in datasets for p in (PPL_PREFIX, PPL_STD, PPL_LO, PPL_HI, BPB_PREFIX, BPB_STD)]
         + [p + t for t in [*tasks, "avg"] if tasks for p in (ACC_PREFIX, ACC_STD, ACC_SE)]
         + [p + b for b in batches for p in (TOK_PREFIX, TOK_MIN, TOK_MAX)]
         + _TAIL
     )
     frame = pd.DataFrame(rows, columns=columns)
+    for d in datasets:  # records from before bpb (or without byte counts) add no bpb columns
+        if frame[BPB_PREFIX + d].isna().all():
+            frame = frame.drop(columns=[BPB_PREFIX + d, BPB_STD + d])
     if tasks:  # over the tasks some row has (a task that failed everywhere does not blank the average)
         measured = [t for t in tasks if frame[ACC_PREFIX + t].notna().any()]
         if measured:

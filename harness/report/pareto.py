@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from harness.report.plots import _MARKERS, PLOT_FORMATS, _log_y, _minor, _plain, _render, _safe
-from harness.report.repeats import ACC_STD, PPL_STD
-from harness.report.frames import ACC_AVG, PPL_PREFIX
+from harness.report.repeats import ACC_STD, BPB_STD, PPL_STD
+from harness.report.frames import ACC_AVG, BPB_PREFIX, PPL_PREFIX
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -65,10 +65,13 @@ def pareto_front(points: Sequence[tuple[float, float]], minimize_y: bool = True)
 
 
 def _metric_info(column: str) -> tuple[str, str, bool, float]:
-    """(std column, y label, minimise, scale) of a ``ppl:<ds>`` or ``acc:avg`` column."""
+    """(std column, y label, minimise, scale) of a ``ppl:<ds>``, ``bpb:<ds>`` or ``acc:avg`` column."""
     if column.startswith(PPL_PREFIX):
         dataset = column[len(PPL_PREFIX):]
         return PPL_STD + dataset, f"perplexity on {dataset} (lower is better)", True, 1.0
+    if column.startswith(BPB_PREFIX):
+        dataset = column[len(BPB_PREFIX):]
+        return BPB_STD + dataset, f"bits per byte on {dataset} (lower is better)", True, 1.0
     return ACC_STD + column.split(":", 1)[1], "average zero-shot accuracy (%, higher is better)", False, 100.0
 
 
@@ -161,6 +164,8 @@ def write_pareto_plots(
     if unknown:
         raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
     columns = [c for c in results.columns if c.startswith(PPL_PREFIX)]
+    # bits per byte: the one quality axis that compares models with different tokenizers
+    columns += [c for c in results.columns if c.startswith(BPB_PREFIX) and results["model"].nunique() > 1]
     if ACC_AVG in results.columns and results[ACC_AVG].notna().any():
         columns.append(ACC_AVG)
     written: list[Path] = []
@@ -168,7 +173,8 @@ def write_pareto_plots(
         for x in X_AXES:
             heading = None
             if title:
-                what = "average zero-shot accuracy" if column == ACC_AVG else f"{column[len(PPL_PREFIX):]} perplexity"
+                what = "average zero-shot accuracy" if column == ACC_AVG else (
+                    f"{column.split(':', 1)[1]} {'bits per byte' if column.startswith(BPB_PREFIX) else 'perplexity'}")
                 heading = f"{title} — {what} vs {'bits/weight' if x == 'bits' else 'model size'}"
             fig = pareto_figure(results, column, x, title=heading)
             if fig is None:

@@ -29,12 +29,14 @@ from harness.analysis.stats import perplexity_interval
 
 PPL_PREFIX = "ppl:"
 PPL_STD, PPL_LO, PPL_HI = "ppl_std:", "ppl_lo:", "ppl_hi:"
+#: Bits per byte of a perplexity evaluation (tokenizer-independent: compares model families).
+BPB_PREFIX, BPB_STD = "bpb:", "bpb_std:"
 ACC_PREFIX = "acc:"
 ACC_STD, ACC_SE = "acc_std:", "acc_se:"
 TOK_PREFIX, TOK_MIN, TOK_MAX = "tok/s:", "tok/s_min:", "tok/s_max:"
 #: Auxiliary column prefix -> the main column prefix it qualifies.
 AUX_PREFIXES = {PPL_STD: PPL_PREFIX, PPL_LO: PPL_PREFIX, PPL_HI: PPL_PREFIX, ACC_STD: ACC_PREFIX,
-                ACC_SE: ACC_PREFIX, TOK_MIN: TOK_PREFIX, TOK_MAX: TOK_PREFIX}
+                ACC_SE: ACC_PREFIX, TOK_MIN: TOK_PREFIX, TOK_MAX: TOK_PREFIX, BPB_STD: BPB_PREFIX}
 #: Parts of a record's cell that do not make it a different configuration.
 _NOT_CONFIG = {"suite", "save_model", "stand_in", "base_seed", "seed"}
 
@@ -128,10 +130,11 @@ def _aggregate_group(rows: pd.DataFrame, records: dict[str, dict[str, Any]]) -> 
         elif column.startswith(ACC_SE):
             values = rows[column].astype(float)
             out[column] = float(np.sqrt((values**2).mean())) if values.notna().all() else math.nan
-        elif column.startswith((PPL_PREFIX, ACC_PREFIX)):
+        elif column.startswith((PPL_PREFIX, ACC_PREFIX, BPB_PREFIX)):
             values = rows[column].astype(float)
             out[column] = values.mean()
-            std_column = (PPL_STD if column.startswith(PPL_PREFIX) else ACC_STD) + column.split(":", 1)[1]
+            std_prefix = {PPL_PREFIX: PPL_STD, ACC_PREFIX: ACC_STD, BPB_PREFIX: BPB_STD}[column.split(":", 1)[0] + ":"]
+            std_column = std_prefix + column.split(":", 1)[1]
             finite = values[np.isfinite(values)]
             out[std_column] = float(finite.std(ddof=1)) if len(finite) == n else math.nan
         elif column in ("bits", "bits_paper", "model_bits", "size_mb", "quantize_s") or column.startswith(TOK_PREFIX):

@@ -76,6 +76,19 @@ class PerplexitySpec(_Strict):
     seqlen: int | None = Field(None, gt=0)
     max_windows: int | None = Field(None, gt=0)
     batch_size: int = Field(1, gt=0)
+    text_bytes: int | None = Field(
+        None, gt=0, description="identical-text setting: evaluate the first text_bytes UTF-8 bytes of the held-out "
+        "text, the same text for every model and tokenizer, so bpb compares model families (excludes max_windows)",
+    )
+
+    @model_validator(mode="after")
+    def _text_or_windows(self) -> PerplexitySpec:
+        if self.text_bytes is not None and self.max_windows is not None:
+            raise ValueError(
+                "perplexity: `text_bytes` and `max_windows` exclude each other (with text_bytes the text sets the "
+                "windows); remove one"
+            )
+        return self
 
 
 class ThroughputSpec(_Strict):
@@ -360,6 +373,9 @@ class Cell(_Strict):
         for evaluation in ("throughput", "zero_shot"):  # keys of cells without them are unchanged
             if payload["evaluations"].get(evaluation) is None:
                 payload["evaluations"].pop(evaluation, None)
+        perplexity = payload["evaluations"].get("perplexity")
+        if perplexity is not None and perplexity.get("text_bytes") is None:  # keys without it are unchanged
+            perplexity.pop("text_bytes", None)
         payload["record_version"] = RECORD_VERSION
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
