@@ -96,13 +96,15 @@ def print_plan(cells: Sequence[Cell], store: ResultStore, *, base_dir: Path, pro
                 "calibration", "evaluations", "status"):
         table.add_column(col, no_wrap=col in ("label", "key"), justify="right" if "bits" in col or "GiB" in col else "left")
     sources: dict[str, str] = {}
+    errors: list[tuple[str, str]] = []
     for p in plans:
         c = p.cell
         status = "finished" if store.is_finished(c.key) else "to run"
         facts = describe(c)
-        if p.error:
-            table.add_row(c.label, c.key, "?", "?", "?", "?", "?", "?", facts["calibration"], facts["evaluations"], status)
-            sources[c.model.label] = p.error
+        if p.error:  # e.g. a group size that does not divide the model's hidden size: said before running
+            table.add_row(c.label, c.key, "?", "?", "?", "?", "?", "?", facts["calibration"], facts["evaluations"],
+                          "[red]cannot run[/red]" if status == "to run" else status)
+            errors.append((c.label, p.error))
             continue
         sources[c.model.label] = p.source
         gib = "-" if p.device_gib is None else f"{p.device_gib:.1f}"
@@ -112,6 +114,8 @@ def print_plan(cells: Sequence[Cell], store: ResultStore, *, base_dir: Path, pro
     out.print(table)
     for label, source in sources.items():
         out.print(f"model {label}: {source}", highlight=False)
+    for label, error in errors:
+        out.print(f"cell {label} cannot run: {error}", highlight=False)
     todo = [p for p in plans if not p.error and not store.is_finished(p.cell.key)]
     for name in sorted({p.profile for p in plans}):
         out.print(f"estimates for {name}: {PROFILES[name].basis}", highlight=False)

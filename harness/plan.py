@@ -238,7 +238,10 @@ def _evaluations(cell: Cell, facts: ModelFacts, dev: DeviceProfile, budget: _Bud
     ppl = cell.evaluations.perplexity
     if ppl is not None:
         seqlen = ppl.seqlen or seqlen_default
-        tokens = sum(_eval_tokens(d, seqlen, ppl.max_windows) for d in ppl.datasets)
+        if getattr(ppl, "text_bytes", None):  # the identical-text setting: ~4 UTF-8 bytes a token
+            tokens = len(ppl.datasets) * ppl.text_bytes // 4
+        else:
+            tokens = sum(_eval_tokens(d, seqlen, ppl.max_windows) for d in ppl.datasets)
         budget.phases["perplexity"] = tokens * facts.forward_flops(seqlen, head=True) / rate
         budget.device = max(budget.device, quantized_bytes + 2 * ppl.batch_size * seqlen * facts.vocab * 4)
     zs_tokens = _zero_shot_tokens(cell)
