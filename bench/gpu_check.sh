@@ -9,8 +9,8 @@
 #   3. the CUDA suite bench/gpu_suite.yaml end to end (none, RTN 4, GPTQ 4, AQLM b1, CRVQ b1 on the
 #      embedded model's first 10 blocks; perplexity + throughput)           (time box 150 s)
 #   4. everything under $OUT (7 files, no folders): gpu_check.log (all output), summary.md (steps,
-#      times, headline tables), env.txt, throughput_gpu.{md,json}, suite_tables.md and
-#      suite_results.tar.gz (the suite's records and tables: unpack under bench/results/).
+#      times, headline tables), env.txt, throughput_gpu_<card>.{md,json} (card: h100, h200),
+#      suite_tables.md and suite_results.tar.gz (the suite's records and tables).
 # A step that fails or runs out of time is recorded and the next one runs; exit status = failed steps.
 #
 # Usage:
@@ -25,7 +25,8 @@
 # The device call (one, ~8 min of a 15-min budget; the machine stays warm 30 s after it, so a
 # failed step can be rerun at once with --steps N):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=560)
-# Then copy the files back: the tables to bench/results/throughput_gpu_<card>.{md,json}, and
+# Then commit the files that came back (files_at): throughput_gpu_<card>.{md,json}, summary.md and
+# gpu_check.log under bench/results/gpu_check_<card>/, and the suite's records and tables:
 #   mkdir -p bench/results/gpu_suite && tar -xzf <files_at>/suite_results.tar.gz -C bench/results/gpu_suite
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 99
@@ -53,7 +54,7 @@ exec > >(tee -a "$LOG") 2>&1
 PY=${PYTHON:-python3}
 WORK=${TMPDIR:-/tmp}/gpu_check.$$
 mkdir -p "$WORK"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export HARNESS_CACHE=$WORK/cache PYTHONPATH=$ROOT
 START=$(date +%s)
 declare -a ROWS=()
@@ -98,6 +99,9 @@ else
   MODEL=.gpu/smollm2-135m-10l.gguf
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/env.txt"
 fi
+# the card in file names: h100 / h200 / ... (cpu_dry in the rehearsal)
+CARD=$("$PY" -c 'import re, torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu_dry"; m = re.search(r"[A-Z]+\d+", n); print((m.group(0) if m else n).lower())' 2>/dev/null || echo unknown)
+TP_OUT=$OUT/throughput_gpu_${CARD}
 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
 import importlib, os, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "cuda", torch.version.cuda,
@@ -125,65 +129,60 @@ fi
 # --- 2. decode throughput -------------------------------------------------------------------------
 if want 2; then
   if [ $DRY = 1 ]; then
-    TP_ARGS=(--model tiny-shapes --device cpu --new-tokens 2 --new-tokens-batched 2 --warmup 0 --repeats 1 --agreement-tokens 4)
+    TP_ARGS=(--model tiny-shapes --device cpu --batch-sizes 1 2 --new-tokens 2 --new-tokens-batched 1 --warmup 0
+             --repeats 1 --agreement-tokens 2)
   else
-    TP_ARGS=(--model llama2-7b-shapes --device cuda --new-tokens 128 --new-tokens-batched 32 --warmup 1 --repeats 3)
+    TP_ARGS=(--model llama2-7b-shapes --device cuda --batch-sizes 1 8 --new-tokens 128 --new-tokens-batched 32
+             --warmup 1 --repeats 3)
   fi
   step "2 throughput" $([ $DRY = 1 ] && echo 900 || echo 220) \
-    "$PY" bench/throughput.py "${TP_ARGS[@]}" --dtypes float16 --batch-sizes 1 8 \
+    "$PY" bench/throughput.py "${TP_ARGS[@]}" --dtypes float16 \
       --formats rtn-4b-g64 rtn-4b-g128 rtn-2b-g64 rtn-2b-g128 gptq-4b-g64-actorder gptq-4b-g128-actorder \
                 gptq-2b-g64-actorder gptq-2b-g128-actorder aqlm-2x8 aqlm-1x16 aqlm-1x8 crvq-1x8+3x8 \
-      --out "$OUT/throughput_gpu"
+      --out "$TP_OUT"
 fi
 
 # --- 3. the CUDA suite ----------------------------------------------------------------------------
 if want 3; then
-  SUITE=bench/gpu_suite.yaml
-  if [ $DRY = 1 ]; then  # same suite on CPU: 2-block model, fewer sequences, windows and tokens
-    SUITE=$WORK/gpu_suite_dry.yaml
-    "$PY" - "$MODEL" "$SUITE" <<'EOF'
+  # the GGUF converted once to a float16 Hugging Face folder: each cell (and its throughput
+  # reference) loads that in a second instead of dequantizing the GGUF again
+  [ -f "$MODEL" ] || echo "WARNING: $MODEL is missing (carry .gpu built by bench/gpu_carry.sh)"
+  MODEL_DIR=$WORK/$(basename "$MODEL" .gguf)
+  timeout 120 "$PY" - "$MODEL" "$MODEL_DIR" <<'EOF' || { echo "conversion failed: the cells read the GGUF"; MODEL_DIR=$MODEL; }
+import sys, torch
+from pathlib import Path
+from harness.models.embedded import load_gguf
+model, tokenizer = load_gguf(Path(sys.argv[1]), dtype=torch.float16)
+model.save_pretrained(sys.argv[2])
+tokenizer.save_pretrained(sys.argv[2])
+print("converted", sys.argv[1], "->", sys.argv[2])
+EOF
+  SUITE=$WORK/gpu_suite_run.yaml  # bench/gpu_suite.yaml with that folder (--dry: on CPU, 2 blocks, fewer tokens)
+  "$PY" - "$MODEL_DIR" "$SUITE" "$DRY" <<'EOF' || exit 97
 import sys, yaml
 suite = yaml.safe_load(open("bench/gpu_suite.yaml"))
-suite["device"] = "cpu"
-suite["models"] = [{"id": sys.argv[1], "name": "smollm2-135m-2l"}]
-suite["calibration"].update(num_sequences=4, seqlen=128)
-suite["evaluations"]["perplexity"].update(seqlen=128, max_windows=2)
-suite["evaluations"]["throughput"].update(new_tokens=2, warmup=0, repeats=1)
-suite["executor"]["timeout_s"] = 600
-for m in suite["methods"]:
-    if "finetune_max_sequences" in m.get("params", {}):
-        m["params"].update(finetune_max_sequences=4, max_epochs=1, steps_per_epoch=2)
+suite["models"][0]["id"] = sys.argv[1]
+if sys.argv[3] == "1":
+    suite["device"] = "cpu"
+    suite["models"][0]["name"] = "smollm2-135m-2l"
+    suite["calibration"].update(num_sequences=4, seqlen=128)
+    suite["evaluations"]["perplexity"].update(seqlen=128, max_windows=2)
+    suite["evaluations"]["throughput"].update(new_tokens=2, warmup=0, repeats=1)
+    suite["executor"]["timeout_s"] = 600
+    for m in suite["methods"]:
+        if "finetune_max_sequences" in m.get("params", {}):
+            m["params"].update(finetune_max_sequences=4, max_epochs=1, steps_per_epoch=2)
 yaml.safe_dump(suite, open(sys.argv[2], "w"), sort_keys=False)
 EOF
-  else
-    [ -f "$MODEL" ] || echo "WARNING: $MODEL is missing (carry .gpu built by bench/gpu_carry.sh)"
-  fi
+  # (--dry: without the interpreter, whose kernels at the model's shapes take seconds per call; steps 1-2 ran them)
   step "3 CUDA suite" $([ $DRY = 1 ] && echo 1200 || echo 150) \
-    "$PY" -m harness run "$SUITE" -o "$WORK/suite" --no-progress
+    env -u TRITON_INTERPRET "$PY" -m harness run "$SUITE" -o "$WORK/suite" --no-progress
   if [ -d "$WORK/suite" ]; then
     tar -czf "$OUT/suite_results.tar.gz" -C "$WORK/suite" --exclude='*.png' --exclude='*.svg' --exclude='models' . 2>/dev/null
     cat "$WORK"/suite/tables/*.md > "$OUT/suite_tables.md" 2>/dev/null
-    "$PY" - "$WORK/suite" <<'EOF' | tee -a "$OUT/suite_tables.md"
-import json, sys
-from pathlib import Path
-rows = []
-for path in sorted(Path(sys.argv[1]).rglob("*.json")):
-    try:
-        rec = json.loads(path.read_text())
-    except Exception:
-        continue
-    if not isinstance(rec, dict) or "status" not in rec or "cell" not in rec:
-        continue
-    m = rec.get("metrics") or {}
-    ppl = next(iter((m.get("perplexity") or {}).values()), None)
-    ppl = ppl.get("ppl") if isinstance(ppl, dict) else ppl
-    tp = m.get("throughput") or {}
-    q = (tp.get("quantized") or tp.get("model") or {}) if isinstance(tp, dict) else {}
-    rows.append(f"| {rec['cell'].get('method_label', '?')} | {rec['status']} | {ppl} | "
-                f"{json.dumps(q.get('paths', tp.get('paths', '')))} | {(rec.get('error') or {}).get('message', '') if isinstance(rec.get('error'), dict) else rec.get('error') or ''} |")
-print("\n## Cells (status from the records)\n\n| cell | status | perplexity | paths | error |\n|---|---|---|---|---|")
-print("\n".join(rows) or "| (no records) | | | | |")
-EOF
+    echo "## Cells (from the records)" >> "$OUT/suite_tables.md"
+    step "3b suite records" 60 bash -c "set -o pipefail; \"$PY\" bench/gpu_suite_summary.py \"$WORK/suite\" --expect-cells 5 \
+      $([ $DRY = 1 ] || echo --cuda) | tee -a \"$OUT/suite_tables.md\""
   fi
 fi
 
@@ -197,7 +196,7 @@ fi
   echo "|---|---|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  [ -f "$OUT/throughput_gpu.md" ] && sed -n '/^## /,$p' "$OUT/throughput_gpu.md"
+  [ -f "$TP_OUT.md" ] && sed -n '/^## /,$p' "$TP_OUT.md"
   [ -f "$OUT/suite_tables.md" ] && sed -n '/^## Cells/,$p' "$OUT/suite_tables.md"
 } > "$SUMMARY"
 echo; echo "=================== summary"; cat "$SUMMARY"

@@ -135,7 +135,8 @@ def markdown(result: dict) -> str:
              f"load average at start {result['load_average']}.", "",
              "Formats other than RTN carry random codes in the method's exact packed layout (speed does not depend "
              "on the code values). `agreement` = max |fast - dequantized reference| / max |reference| over the "
-             "logits of 16 decoded tokens; ok = within 1e-3 in float32, and in bfloat16/float16 every layer's fast "
+             f"logits of {result['settings'].get('agreement_tokens', 16)} decoded tokens; ok = within 1e-3 in "
+             "float32, and in bfloat16/float16 every layer's fast "
              "path within twice its same-dtype reference's error (+1 ulp) against float32 (see the JSON's "
              "`worst_layer`). Achieved GB/s = bytes one decode step reads (weights as the path reads "
              "them + the static KV cache) x steps/s; copy GB/s = a large device copy (read + write); "

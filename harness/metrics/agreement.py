@@ -9,6 +9,7 @@ the measured speed and the measured quality belong to different models.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from harness.quantizer import QuantizedLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["dequantized_reference", "layer_paths", "logit_agreement", "quantized_layers", "tolerance_for"]
+__all__ = [
+    "cache_kwarg", "dequantized_reference", "layer_paths", "logit_agreement", "quantized_layers", "tolerance_for",
+]
 
 #: Largest max-relative logit difference accepted in float32 (and float64); reported for
 #: float16/bfloat16, where agreement is judged layer by layer (see `logit_agreement`).
@@ -71,17 +74,29 @@ def _decode_logits(model: nn.Module, ids: torch.Tensor, inputs: dict[str, torch.
     cache; `inputs` (if given) receives each quantized layer's input of the last step."""
     from transformers import StaticCache
 
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1])
-    logits = [model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[0, -1:].float()
+    cache = {cache_kwarg(model): StaticCache(config=model.config, max_cache_len=ids.shape[1])}
+    logits = [model(input_ids=ids[:, t:t + 1], use_cache=True, **cache).logits[0, -1:].float()
               for t in range(ids.shape[1] - 1)]
     hooks = [layer.register_forward_hook(lambda mod, args, out, name=name: inputs.__setitem__(name, args[0]))
              for name, layer in quantized_layers(model).items()] if inputs is not None else []
     try:
-        logits.append(model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits[0, -1:].float())
+        logits.append(model(input_ids=ids[:, -1:], use_cache=True, **cache).logits[0, -1:].float())
     finally:
         for hook in hooks:
             hook.remove()
     return torch.cat(logits)
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """Name of the KV-cache argument of the model's decoder: `cache` where its forward takes it
+    (transformers >= 5.25; `past_key_values` is deprecated there and removed in 5.40), else
+    `past_key_values`."""
+    decoder = getattr(model, "model", model)
+    try:
+        params = inspect.signature(decoder.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:

@@ -20,7 +20,6 @@ version derives them from the cache.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import statistics
 import time
@@ -33,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.environment import device_name
-from harness.metrics.agreement import fixed_tokens, layer_paths, quantized_layers, tolerance_for
+from harness.metrics.agreement import cache_kwarg, fixed_tokens, layer_paths, quantized_layers, tolerance_for
 from harness.metrics.memory import copy_bandwidth_gbs, nominal_bandwidth_gbs, peak_rss_gib, reset_peak_rss
 
 
@@ -67,7 +66,7 @@ class _Decoder:
         self.prompt = fixed_tokens(model.config.vocab_size, settings.prompt_len, batch=batch,
                                    seed=settings.seed).to(self.device)
         self.cache = StaticCache(config=model.config, max_cache_len=settings.prompt_len + settings.new_tokens)
-        self.cache_kwarg = _cache_kwarg(model)
+        self.cache_kwarg = cache_kwarg(model)
         self.prompt_positions = torch.arange(settings.prompt_len, device=self.device)[None]
         self.position = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # of the next decode token
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -188,17 +187,6 @@ class _Decoder:
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.cache.layers
                    for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    """Name of the KV-cache argument of the model's decoder: `cache` (transformers >= 5.25 name
-    it so; `past_key_values` is removed in 5.40) where its forward takes it, else `past_key_values`."""
-    decoder = getattr(model, "model", model)
-    try:
-        params = inspect.signature(decoder.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _storage_bytes(tensors: list[torch.Tensor]) -> int:
