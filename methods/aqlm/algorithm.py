@@ -248,8 +248,11 @@ def _search_group(
         picks, costs = [], []
         for a in range(0, out, rows):
             sl = slice(a, a + rows)
-            sc = (2 * s1[sl]) * (z[sl] @ C.T) + (s1[sl] ** 2) * cHc + base[sl, :, None]
-            val, idx = sc.reshape(sc.shape[0], -1).topk(keep, dim=1, largest=False, sorted=True)
+            sc = torch.addcmul(base[sl, :, None], 2 * s1[sl], z[sl] @ C.T).addcmul_(s1[sl] ** 2, cHc.expand(1, 1, K))
+            if keep == 1:  # greedy: the minimum (as topk's first, ties to the lower index)
+                val, idx = sc.reshape(sc.shape[0], -1).min(dim=1, keepdim=True)
+            else:
+                val, idx = sc.reshape(sc.shape[0], -1).topk(keep, dim=1, largest=False, sorted=True)
             picks.append(idx)
             costs.append(val)
         idx = torch.cat(picks)
@@ -261,17 +264,26 @@ def _search_group(
     return hyp[:, 0], best_cost - cost0
 
 
+#: Group changes of the code search applied to P = (Ŵ-W) H at once (see `code_step`).
+_LAZY_GROUPS = 32
+
+
 @torch.no_grad()
 def code_step(
     W: torch.Tensor, H: torch.Tensor, codebooks: Sequence[torch.Tensor], codes: list[torch.Tensor],
     groups: Sequence[torch.Tensor | None], scales: torch.Tensor, *, generator: torch.Generator,
-    beam: int = 1,
+    beam: int = 1, lazy_groups: int = _LAZY_GROUPS,
 ) -> float:
     """One pass of the code search over every input group (random order), codebooks in random
     order per group; updates `codes` in place and returns E after the pass (float).
 
     E and P = (Ŵ-W) H are updated incrementally: after group j changes by Δ [out, g],
-    E += ΔE (from the search) and P += Δ H[j, :]. W [out, in], H [in, in] float32.
+    E += ΔE (from the search) and P += Δ H[j, :]. The P update is lazy (exact up to float
+    rounding): up to `lazy_groups` changes are kept aside and applied in one [out, n·g] x
+    [n·g, in] product; the group searched next gets its slice of P corrected by the pending
+    changes only (Δ_pending H[pending, j], a [n·g, g] product). This turns G thin rank-g updates
+    of the whole [out, in] P into G / lazy_groups matrix products (1 = the eager update).
+    W [out, in], H [in, in] float32.
     """
     out, n_in = W.shape
     g = codebooks[0].shape[1]
@@ -282,23 +294,47 @@ def code_step(
     P = (D.view(out, n_in) @ H).view(out, n_groups, g)
     E = float(((P * D).double()).sum())
     Hrows = H.view(n_groups, g, n_in)
+    H4 = H.view(n_groups, g, n_groups, g)
+    lazy = max(1, int(lazy_groups))
+    pending_delta = torch.empty(out, lazy * g, dtype=W.dtype, device=W.device)
+    pending: list[int] = []
+
+    def flush() -> None:
+        if pending:
+            n = len(pending)
+            rows = Hrows[torch.as_tensor(pending, device=W.device)].reshape(n * g, n_in)
+            P.view(out, n_in).addmm_(pending_delta[:, : n * g], rows)
+            pending.clear()
+
     for j in torch.randperm(n_groups, generator=generator).tolist():
         ms = [m for m in torch.randperm(len(codebooks), generator=generator).tolist() if cols[m][j] >= 0]
         if not ms:
             continue
         Hjj = Hrows[j][:, j * g : (j + 1) * g]
+        Pj = P[:, j]
+        if pending:
+            n = len(pending)
+            cross = H4[torch.as_tensor(pending, device=W.device), :, j, :].reshape(n * g, g)
+            Pj = Pj + pending_delta[:, : n * g] @ cross
         old = torch.stack([codes[m][:, cols[m][j]] for m in ms], 1)
-        new, dE = _search_group(P[:, j], D[:, j], Hjj, scales, [codebooks[m] for m in ms], old, beam)
+        new, dE = _search_group(Pj, D[:, j], Hjj, scales, [codebooks[m] for m in ms], old, beam)
         changed = (new != old).any(1)
         if not bool(changed.any()):
             continue
-        delta_b = sum(codebooks[m][new[:, i]] - codebooks[m][old[:, i]] for i, m in enumerate(ms))
+        delta_b = codebooks[ms[0]][new[:, 0]] - codebooks[ms[0]][old[:, 0]]
+        for i, m in enumerate(ms[1:], 1):
+            delta_b += codebooks[m][new[:, i]] - codebooks[m][old[:, i]]
         delta = scales[:, None] * delta_b
         for i, m in enumerate(ms):
             codes[m][:, cols[m][j]] = new[:, i]
         D[:, j] += delta
-        P += (delta @ Hrows[j]).view(out, n_groups, g)
+        n = len(pending)
+        pending_delta[:, n * g : (n + 1) * g] = delta
+        pending.append(j)
+        if len(pending) == lazy:
+            flush()
         E += float(dE.double().sum())
+    flush()
     return E
 
 

@@ -121,6 +121,21 @@ def test_code_step_incremental_error_equals_recomputed(beam):
         assert int(c.min()) >= 0 and int(c.max()) < 1 << spec.nbits
 
 
+@pytest.mark.parametrize("beam", [1, 2])
+@pytest.mark.parametrize("lazy", [2, 5, 64])
+def test_lazy_update_of_P_gives_the_eager_codes(beam, lazy):
+    """The pending group changes applied to P in blocks (`lazy_groups`) give the codes and E of
+    the update after every group (`lazy_groups=1`), with extended codebooks on some groups too."""
+    W, H = _weight(), _hessian()
+    specs = [CodebookSpec(4), CodebookSpec(3, (0, 3, 7, 8))]
+    books, codes, groups, scales = _state(W, specs)
+    eager, lazy_codes = [c.clone() for c in codes], [c.clone() for c in codes]
+    E1 = code_step(W, H.float(), books, eager, groups, scales, generator=_gen(), beam=beam, lazy_groups=1)
+    E2 = code_step(W, H.float(), books, lazy_codes, groups, scales, generator=_gen(), beam=beam, lazy_groups=lazy)
+    assert all(torch.equal(a, b) for a, b in zip(eager, lazy_codes))
+    assert E2 == pytest.approx(E1, rel=1e-5)
+
+
 def test_greedy_code_is_optimal_for_a_single_codebook():
     """With one codebook, one pass is exact coordinate descent: a second pass changes nothing
     except through groups revisited after their neighbours moved, so E can only go down."""
