@@ -106,6 +106,12 @@ def _as_range(value: Any) -> Any:
     raise ValueError(f"{value!r} is not a number: give a number, or a range [low, high] (-.inf/.inf for one side)")
 
 
+def _check_order(claimed: tuple[float, float]) -> None:
+    low, high = claimed
+    if math.isnan(low) or math.isnan(high) or low > high:
+        raise ValueError(f"the claimed range [{low}, {high}] must be [low, high] with low <= high")
+
+
 class Change(_Strict):
     """A claimed change of `against` relative to `base`: in percent of the base's value, or in
     the metric's unit; one number, or a range [low, high] (-.inf / .inf for one-sided claims)."""
@@ -123,9 +129,7 @@ class Change(_Strict):
         given = [k for k in ("percent", "absolute") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of `percent` or `absolute`, e.g. {percent: -38.9}")
-        low, high = self.range
-        if math.isnan(low) or math.isnan(high) or low > high:
-            raise ValueError(f"the claimed range [{low}, {high}] must be [low, high] with low <= high")
+        _check_order(self.range)
         return self
 
     @property
@@ -171,11 +175,15 @@ class Check(_Strict):
         if self.change is not None:
             if self.base is None or self.against is None or self.method is not None or self.value is not None:
                 raise ValueError("a `change` claim needs `base` and `against` (and no `method` or `value`)")
+            if self.base == self.against:
+                raise ValueError("`base` and `against` select the same cells: name two methods, or tell the lines "
+                                 "apart with `label` or `params`")
         elif self.value is not None:
             if self.method is None or self.base is not None or self.against is not None:
                 raise ValueError("a `value` claim needs `method` (and no `base`, `against` or `change`)")
             if self.at != "budget":
                 raise ValueError("`at: matched_bits` applies to `change` claims only")
+            _check_order(self.value)
         else:
             raise ValueError("give `change` (with `base` and `against`) or `value` (with `method`)")
         if self.at == "matched_bits" and not self.metric.startswith(("ppl:", "bpb:")):

@@ -4,7 +4,8 @@ For a claimed change (a number, or a range [low, high]; ``c`` below) with tolera
 a measured CI ``[lo, hi]`` (closed: a claim exactly at an edge of the CI is inside it):
 
 - **inconclusive**: the CI contains zero *and* the claim (it cannot tell the claim from no effect);
-- **reproduced**: the CI contains the claim, or lies within the tolerance (``[c − t, c + t]``);
+- **reproduced**: the CI contains the claim, or lies within the tolerance (``[c − t, c + t]``;
+  this comes first: a CI inside a band that holds zero is reproduced, not inconclusive);
 - **contradicted**: the CI excludes zero with the sign opposite to the claim's (for a claim of
   no change — a range that contains zero — a CI that excludes the range contradicts it);
   a one-sided claim (``[-.inf, 0]``: "any reduction") is a direction: reproduced by a CI below
@@ -52,10 +53,10 @@ def verdict_of(
     # ("any reduction": [-inf, 0]) is a claimed direction, and a CI holding zero cannot confirm it
     one_sided = (math.isinf(c_lo) and c_hi == 0) or (c_lo == 0 and math.isinf(c_hi))
     claim_has_zero = c_lo <= 0 <= c_hi and not one_sided
+    if within:  # first: a CI inside the tolerance band agrees even where the band holds zero
+        return REPRODUCED
     if meets:
         return INCONCLUSIVE if low <= 0 <= high and not claim_has_zero else REPRODUCED
-    if within:
-        return REPRODUCED
     if claim_has_zero:
         return CONTRADICTED
     positive = c_lo > 0

@@ -40,6 +40,13 @@ AQLM = {"num_codebooks": 1, "nbits_per_codebook": 8, "in_group_size": 8}
     ((3, 5), (-1, 1), 0, CONTRADICTED),            # a claim of no change, and a clear change
     ((0.06, 0.06), (0.062, 0.062), 0.005, REPRODUCED),  # exact (bits) within the tolerance
     ((0.238, 0.238), (0.062, 0.062), 0.005, STRONGER),
+    # a tolerance band that holds zero: a CI inside it agrees whether or not it also holds the claim
+    # (a CI that holds the claim must not do worse than one that moved away from it)
+    ((-1, 0.5), (-2, -2), 5, REPRODUCED),
+    ((-3, 0.5), (-2, -2), 5, REPRODUCED),
+    ((-3, 0.5), (-2, -2), 0, INCONCLUSIVE),
+    ((-1, 0.5), (-math.inf, 0), 1, REPRODUCED),    # "any reduction" ± 1 point, as (0.2, 0.5) is
+    ((0.2, 0.5), (-math.inf, 0), 1, REPRODUCED),
 ])
 def test_verdict_rule(ci, claimed, tol, expected) -> None:
     assert verdict_of(*ci, claimed, tol) == expected
