@@ -190,6 +190,8 @@ class MethodEntry(_Strict):
     def _non_empty(cls, v: list[int] | None) -> list[int] | None:
         if v is not None and not v:
             raise ValueError("`budgets` is empty: list at least one bit budget, or remove the key")
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"a budget is listed twice in {v}: list each budget once")
         return v
 
 

@@ -55,6 +55,8 @@ CASES = {
                                ["zero_shot.tasks[1]", "unknown zero-shot task 'embedded_lastwrd'", "Did you mean embedded_lastword"]),
     "duplicate_model": ("name: t\nmodels: [smollm2-135m, {id: smollm2-135m, name: again}]\nmethods: [{name: none}]\n",
                         ["models[1]", "already listed as `models[0]`", "Remove one"]),
+    "duplicate_budget": ("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4, 3, 4]}]\n",
+                         ["methods[0].budgets", "listed twice in [4, 3, 4]", "each budget once"]),
     "duplicate_method_line": ("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, budgets: [3, 4]}]\n",
                               ["methods[1]", "`methods[0]` already defines", "budget 4", "distinct `label`"]),
     "not_a_mapping": ("- just\n- a list\n", ["YAML mapping"]),
