@@ -37,16 +37,25 @@ def declared_distributions(pyproject: Path) -> set[str]:
 
 
 def first_party(root: Path) -> set[str]:
-    """Top-level names that resolve to the project itself: its packages and folders at the root,
-    and every module file of the scanned folders (scripts import their siblings by name)."""
-    names = {p.name for p in root.iterdir() if p.is_dir()} | {p.stem for p in root.glob("*.py")}
-    for folder in SCANNED:
-        names |= {p.stem for p in (root / folder).rglob("*.py")}
-    return names
+    """Top-level names that resolve to the project itself: the scanned folders, packages and
+    modules at the root. (Not every module file's name: `harness/executors/ray.py` does not make
+    `import ray` first-party.)"""
+    packages = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    return set(SCANNED) | packages | {p.stem for p in root.glob("*.py")}
+
+
+def _sibling(path: Path, module: str) -> bool:
+    """A script's import of a module beside it: a file outside a package (bench/, tests/harness/)
+    has its own folder first on sys.path; inside a package `import ray` is never `./ray.py`."""
+    folder = path.parent
+    if (folder / "__init__.py").is_file():
+        return False
+    return (folder / f"{module}.py").is_file() or (folder / module / "__init__.py").is_file()
 
 
 def imported_modules(root: Path) -> dict[str, str]:
-    """Top-level module -> the first file (relative to root) that imports it, over the scanned folders."""
+    """Top-level module -> the first file (relative to root) that imports it, over the scanned
+    folders; a script's import of a module beside it is left out."""
     found: dict[str, str] = {}
     for folder in SCANNED:
         for path in sorted((root / folder).rglob("*.py")):
@@ -59,7 +68,9 @@ def imported_modules(root: Path) -> dict[str, str]:
                 else:
                     continue
                 for name in names:
-                    found.setdefault(name.split(".")[0], str(path.relative_to(root)))
+                    top = name.split(".")[0]
+                    if not _sibling(path, top):
+                        found.setdefault(top, str(path.relative_to(root)))
     return found
 
 
@@ -100,6 +111,20 @@ def test_an_undeclared_import_is_caught(tmp_path):
     assert len(problems) == 1, problems
     assert problems[0].startswith("pytest (imported in tests/planted.py)")
     assert "pyproject.toml does not declare" in problems[0]
+
+
+def test_a_module_file_named_like_a_distribution_does_not_hide_it(tmp_path):
+    """`harness/executors/ray.py` importing `ray` is a third-party import; a bench script importing
+    the script beside it is not."""
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = []\n')
+    for folder in SCANNED:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "harness" / "__init__.py").write_text("")
+    (tmp_path / "harness" / "pytest.py").write_text("import pytest\n")
+    (tmp_path / "bench" / "helper.py").write_text("")
+    (tmp_path / "bench" / "script.py").write_text("import helper\n")
+    problems = undeclared_imports(tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("pytest (imported in harness/pytest.py)"), problems
 
 
 @pytest.mark.parametrize("module", ["no_such_module_xyz"])
