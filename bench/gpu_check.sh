@@ -2,12 +2,12 @@
 # The GPU side of the harness verified in one run on one H100/H200 (issue P14), at most 8 minutes:
 #   1. the tests marked `gpu`: every Triton kernel compiles and agrees with its dequantized
 #      reference (float16, bfloat16; batch 1 and 8; 7B shapes), a tiny LLaMA decodes every format
-#      in a CUDA graph                                                      (time box  90 s)
+#      in a CUDA graph                                                      (time box  80 s)
 #   2. bench/throughput.py on LLaMA-2-7B shapes, float16: dense, RTN/GPTQ 4 and 2 bit (g64, g128),
 #      AQLM 1x8/2x8/1x16, CRVQ; batch 1 x 128 tokens and batch 8 x 32 tokens, CUDA graphs; tok/s,
-#      x fp16, bytes a step reads, GB/s, % of the card's peak, agreement (time box 220 s)
+#      x fp16, bytes a step reads, GB/s, % of the card's peak, agreement (time box 200 s)
 #   3. the CUDA suite bench/gpu_suite.yaml end to end (none, RTN 4, GPTQ 4, AQLM b1, CRVQ b1 on the
-#      embedded model's first 10 blocks; perplexity + throughput)           (time box 150 s)
+#      embedded model's first 10 blocks; perplexity + throughput)           (time box 170 s)
 #   4. everything under $OUT (7 files, no folders): gpu_check.log (all output), summary.md (steps,
 #      times, headline tables), env.txt, throughput_gpu_<card>.{md,json} (card: h100, h200),
 #      suite_tables.md and suite_results.tar.gz (the suite's records and tables).
@@ -122,7 +122,7 @@ EOF
 
 # --- 1. kernel tests ----------------------------------------------------------------------------
 if want 1; then
-  step "1 tests -m gpu" $([ $DRY = 1 ] && echo 900 || echo 90) \
+  step "1 tests -m gpu" $([ $DRY = 1 ] && echo 900 || echo 80) \
     "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/methods/test_kernels_gpu.py -rfE
 fi
 
@@ -135,7 +135,7 @@ if want 2; then
     TP_ARGS=(--model llama2-7b-shapes --device cuda --batch-sizes 1 8 --new-tokens 128 --new-tokens-batched 32
              --warmup 1 --repeats 3)
   fi
-  step "2 throughput" $([ $DRY = 1 ] && echo 900 || echo 220) \
+  step "2 throughput" $([ $DRY = 1 ] && echo 900 || echo 200) \
     "$PY" bench/throughput.py "${TP_ARGS[@]}" --dtypes float16 \
       --formats rtn-4b-g64 rtn-4b-g128 rtn-2b-g64 rtn-2b-g128 gptq-4b-g64-actorder gptq-4b-g128-actorder \
                 gptq-2b-g64-actorder gptq-2b-g128-actorder aqlm-2x8 aqlm-1x16 aqlm-1x8 crvq-1x8+3x8 \
@@ -175,7 +175,7 @@ if sys.argv[3] == "1":
 yaml.safe_dump(suite, open(sys.argv[2], "w"), sort_keys=False)
 EOF
   # (--dry: without the interpreter, whose kernels at the model's shapes take seconds per call; steps 1-2 ran them)
-  step "3 CUDA suite" $([ $DRY = 1 ] && echo 1200 || echo 150) \
+  step "3 CUDA suite" $([ $DRY = 1 ] && echo 1200 || echo 170) \
     env -u TRITON_INTERPRET "$PY" -m harness run "$SUITE" -o "$WORK/suite" --no-progress
   if [ -d "$WORK/suite" ]; then
     tar -czf "$OUT/suite_results.tar.gz" -C "$WORK/suite" --exclude='*.png' --exclude='*.svg' --exclude='models' . 2>/dev/null
