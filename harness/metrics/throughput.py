@@ -125,8 +125,11 @@ class _Decoder:
 
     def prepare(self) -> None:
         """Capture the decode step in a CUDA graph (CUDA and `cuda_graphs` only); a capture that
-        fails or decodes other tokens than eager decoding falls back to eager, noting why."""
+        fails or whose logits differ from eager decoding's falls back to eager, noting why."""
         if self.device.type != "cuda" or not self.settings.cuda_graphs:
+            return
+        if self.settings.new_tokens < 3:  # the warm-up steps before capture fill 3 cache positions
+            self.graph_note = "too few new tokens to capture a graph (at least 3)"
             return
         try:
             ids = self._prefill()
