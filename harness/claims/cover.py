@@ -84,6 +84,10 @@ def measure_check(check: Check, records: Sequence[Record], where: str, *,
         if check.at == "matched_bits":
             labels = {method_label(r) for r in against}
             base = [r for r in sides["base"] if method_label(r) not in labels]
+            if check.base.label is None and any(method_label(r) == check.base.method for r in base):
+                # as at equal budgets: without a label, the lines labelled like the method (the
+                # published algorithm), not a variant's (aqlm-harness) on the same frontier
+                base = [r for r in base if method_label(r) == check.base.method]
             if not base:
                 return [Cover(None, check.budget, reason=f"no {check.base.describe()} cell besides the against line "
                                                          f"{', '.join(sorted(labels))} to build a frontier from")]

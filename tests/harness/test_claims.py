@@ -180,6 +180,21 @@ def test_matched_bits_interpolates_the_base_frontier(recs) -> None:
     assert row.verdict == NOT_COVERED and "outside aqlm's frontier" in row.reason and "not extrapolated" in row.reason
 
 
+def test_matched_bits_frontier_takes_the_published_line(recs) -> None:
+    """Without a label the base's frontier is built from the line labelled like the method, as the
+    equal-budget pairing takes it: a better variant line (aqlm-harness) does not join it."""
+    a1 = [r for r in recs if r["key"] == "a1"][0]["metrics"]["perplexity"]["embedded"]["window_nll"]
+    variant = {**record("h1", "aqlm", 1, _shift(np.asarray(a1), -1.0), bits=1.30), "method_label": "aqlm-harness",
+               "label": "tiny/aqlm-harness/b1", "params": {**AQLM, "variant": "harness"}}
+    claim = {**PAIR, "at": "matched_bits", "change": {"percent": [-math.inf, 0]}}
+    row = _one(_claims(claim), recs + [variant])
+    assert "between aqlm b1 (1.100) and aqlm b2 (2.150)" in row.line() and "aqlm-harness" not in row.line()
+    assert row.measurement.base == pytest.approx(_one(_claims(claim), recs).measurement.base)
+    # asked for by label, every line is on the frontier
+    row = _one(_claims({**claim, "base": {"method": "aqlm", "label": "aqlm*"}}), recs + [variant])
+    assert "between aqlm-harness b1 (1.300) and aqlm b2 (2.150)" in row.line()
+
+
 def test_stand_in_and_claimed_model_wording(recs) -> None:
     claims = _claims({**PAIR, "model": "meta-llama/Llama-2-7b-hf", "change": {"percent": -9.5}})
     row = _one(claims, recs)
