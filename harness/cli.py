@@ -303,11 +303,13 @@ def verify(
     if resamples < 100:
         raise HarnessError(f"--resamples {resamples}: use at least 100 (2000 is the default).")
     stores = [ResultStore(d) for d in results_dirs]
-    rows = verify_claims(claims, stores, resamples=resamples)
+    # a directory is named by its folder, or by its path where two share a folder name (runs/a/quick, runs/b/quick)
+    names = [d.name if [e.name for e in results_dirs].count(d.name) == 1 else str(d) for d in results_dirs]
+    rows = verify_claims(claims, [(n, s.records()) for n, s in zip(names, stores)], resamples=resamples)
     print_claims(claims, rows)
     if write:
-        for store in stores:
-            mine = [r for r in rows if r.results == store.root.name]
+        for name, store in zip(names, stores):
+            mine = [r for r in rows if r.results == name]
             for p in write_claim_tables(store, mine, title=f"Claims: {claims.name}"):
                 out.print(f"wrote {p}", highlight=False, markup=False)
 

@@ -95,6 +95,23 @@ def test_verify_write_and_report_tables(results, claims_file, monkeypatch, capsy
     assert "Claims: demo-claims" in html and "checked on a stand-in (tiny), not the claimed model" in html
 
 
+def test_verify_write_keeps_directories_with_the_same_name_apart(results, claims_file, tmp_path, monkeypatch,
+                                                                  capsys) -> None:
+    """Two results directories both called `quick`: each gets its own verdicts, named by path."""
+    other = ResultStore(tmp_path / "other" / "quick")
+    for r in ResultStore(results).records():
+        if r["method"] == "aqlm":
+            other.put(r)
+    code, out, err = _harness(monkeypatch, capsys, "verify", str(claims_file), str(results), str(other.root),
+                              "--write", "--resamples", "200")
+    assert code == 0, err
+    assert f"[{results}]" in out and f"[{other.root}]" in out
+    mine = pd.read_csv(results / "tables" / "claims.csv")
+    theirs = pd.read_csv(other.root / "tables" / "claims.csv")
+    assert set(mine["results"]) == {str(results)} and set(theirs["results"]) == {str(other.root)}
+    assert "reproduced" in set(mine["verdict"]) and set(theirs["verdict"]) <= {"not covered", "weaker", "stronger"}
+
+
 def test_report_claims_option(results, claims_file, monkeypatch, capsys) -> None:
     code, out, err = _harness(monkeypatch, capsys, "report", str(results), "--no-html", "--claims", str(claims_file))
     assert code == 0, err
