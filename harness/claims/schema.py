@@ -270,10 +270,9 @@ def parse_metric(text: str) -> Metric:
 def known_model_names() -> set[str]:
     """Model names a claim's pattern may match: the shape presets, their hub ids, the embedded alias."""
     from harness.models.shapes import HUB_PRESETS, SHAPE_PRESETS
-    from harness.suite import schema
+    from harness.suite.schema import EMBEDDED_MODEL_NAMES
 
-    embedded = getattr(schema, "EMBEDDED_MODEL_NAMES", (schema.EMBEDDED_MODEL_ALIAS,))
-    return set(SHAPE_PRESETS) | set(HUB_PRESETS) | set(embedded)
+    return set(SHAPE_PRESETS) | set(HUB_PRESETS) | set(EMBEDDED_MODEL_NAMES)
 
 
 def _where(path: Path, field: str, claim_id: str) -> str:
@@ -327,11 +326,18 @@ def _check_metric(metric: str, where: str) -> None:
             f"{where}: unknown metric '{metric}': unknown dataset '{parsed.what}'; use {parsed.kind}:<dataset> with one "
             f"of {', '.join(d for d in KNOWN_DATASETS if d != 'redpajama')}."
         )
-    if parsed.kind == "acc" and parsed.what != "avg" and parsed.what not in (*PAPER_TASKS, *PACK_TASKS):
-        raise ClaimsError(
-            f"{where}: unknown metric '{metric}': unknown zero-shot task '{parsed.what}'; use acc:avg or acc:<task> "
-            f"with one of {', '.join((*PAPER_TASKS, *PACK_TASKS))}."
-        )
+    if parsed.kind == "acc" and parsed.what != "avg":
+        from harness.metrics.zeroshot import unknown_tasks
+
+        unknown = unknown_tasks([parsed.what])
+        if unknown:
+            close = unknown[parsed.what]
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ClaimsError(
+                f"{where}: unknown metric '{metric}': unknown zero-shot task '{parsed.what}' (neither the offline pack's "
+                f"nor one of lm-eval's); {hint}use acc:avg or acc:<task> with the task of the suite, e.g. "
+                f"{', '.join((*PAPER_TASKS, *PACK_TASKS))}."
+            )
 
 
 def load_claims(path: str | os.PathLike) -> ClaimsFile:
