@@ -12,6 +12,7 @@
 #      times, headline tables), env.txt, throughput_gpu_<card>.{md,json} (card: h100, h200),
 #      suite_tables.md and suite_results.tar.gz (the suite's records and tables).
 # A step that fails or runs out of time is recorded and the next one runs; exit status = failed steps.
+# GPU_CHECK_T1/T2/T3 override the time boxes (seconds), e.g. for a rerun of one step.
 #
 # Usage:
 #   bash bench/gpu_check.sh [--steps 1,2,3]          on the GPU machine ($OUT set by the device tool)
@@ -24,7 +25,8 @@
 #      it prints what the call carries (about 56 MiB of the 64 allowed).
 # The device call (one, ~8 min of a 15-min budget; the machine stays warm 30 s after it, so a
 # failed step can be rerun at once with --steps N):
-#   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=560)
+#   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=590)
+# (time boxes 80 + 200 + 170 s, set-up and conversions ~40 s: about 8 min; at most 9.5 if every box runs out)
 # Then commit the files that came back (files_at): throughput_gpu_<card>.{md,json}, summary.md and
 # gpu_check.log under bench/results/gpu_check_<card>/, and the suite's records and tables:
 #   mkdir -p bench/results/gpu_suite && tar -xzf <files_at>/suite_results.tar.gz -C bench/results/gpu_suite
@@ -122,7 +124,7 @@ EOF
 
 # --- 1. kernel tests ----------------------------------------------------------------------------
 if want 1; then
-  step "1 tests -m gpu" $([ $DRY = 1 ] && echo 900 || echo 80) \
+  step "1 tests -m gpu" ${GPU_CHECK_T1:-$([ $DRY = 1 ] && echo 900 || echo 80)} \
     "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/methods/test_kernels_gpu.py -rfE
 fi
 
@@ -135,7 +137,7 @@ if want 2; then
     TP_ARGS=(--model llama2-7b-shapes --device cuda --batch-sizes 1 8 --new-tokens 128 --new-tokens-batched 32
              --warmup 1 --repeats 3)
   fi
-  step "2 throughput" $([ $DRY = 1 ] && echo 900 || echo 200) \
+  step "2 throughput" ${GPU_CHECK_T2:-$([ $DRY = 1 ] && echo 900 || echo 200)} \
     "$PY" bench/throughput.py "${TP_ARGS[@]}" --dtypes float16 \
       --formats rtn-4b-g64 rtn-4b-g128 rtn-2b-g64 rtn-2b-g128 gptq-4b-g64-actorder gptq-4b-g128-actorder \
                 gptq-2b-g64-actorder gptq-2b-g128-actorder aqlm-2x8 aqlm-1x16 aqlm-1x8 crvq-1x8+3x8 \
@@ -148,7 +150,7 @@ if want 3; then
   # reference) loads that in a second instead of dequantizing the GGUF again
   [ -f "$MODEL" ] || echo "WARNING: $MODEL is missing (carry .gpu built by bench/gpu_carry.sh)"
   MODEL_DIR=$WORK/$(basename "$MODEL" .gguf)
-  timeout 120 "$PY" - "$MODEL" "$MODEL_DIR" <<'EOF' || { echo "conversion failed: the cells read the GGUF"; MODEL_DIR=$MODEL; }
+  timeout 60 "$PY" - "$MODEL" "$MODEL_DIR" <<'EOF' || { echo "conversion failed: the cells read the GGUF"; MODEL_DIR=$MODEL; }
 import sys, torch
 from pathlib import Path
 from harness.models.embedded import load_gguf
@@ -175,13 +177,13 @@ if sys.argv[3] == "1":
 yaml.safe_dump(suite, open(sys.argv[2], "w"), sort_keys=False)
 EOF
   # (--dry: without the interpreter, whose kernels at the model's shapes take seconds per call; steps 1-2 ran them)
-  step "3 CUDA suite" $([ $DRY = 1 ] && echo 1200 || echo 170) \
+  step "3 CUDA suite" ${GPU_CHECK_T3:-$([ $DRY = 1 ] && echo 1200 || echo 170)} \
     env -u TRITON_INTERPRET "$PY" -m harness run "$SUITE" -o "$WORK/suite" --no-progress
   if [ -d "$WORK/suite" ]; then
-    tar -czf "$OUT/suite_results.tar.gz" -C "$WORK/suite" --exclude='*.png' --exclude='*.svg' --exclude='models' . 2>/dev/null
+    tar -czf "$OUT/suite_results.tar.gz" -C "$WORK/suite" --exclude='*.png' --exclude='*.svg' --exclude=./models --exclude=./checkpoints --exclude=./locks . 2>/dev/null
     cat "$WORK"/suite/tables/*.md > "$OUT/suite_tables.md" 2>/dev/null
     echo "## Cells (from the records)" >> "$OUT/suite_tables.md"
-    step "3b suite records" 60 bash -c "set -o pipefail; \"$PY\" bench/gpu_suite_summary.py \"$WORK/suite\" --expect-cells 5 \
+    step "3b suite records" 30 bash -c "set -o pipefail; \"$PY\" bench/gpu_suite_summary.py \"$WORK/suite\" --expect-cells 5 \
       $([ $DRY = 1 ] || echo --cuda) | tee -a \"$OUT/suite_tables.md\""
   fi
 fi

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def rows(results: Path) -> list[dict]:
     out = []
-    for path in sorted((results / "cells").rglob("*.json")) if (results / "cells").is_dir() else []:
+    for path in sorted((results / "records").glob("*.json")):
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
