@@ -111,3 +111,24 @@ def test_bpb_in_the_results_table() -> None:
     assert "bpb:embedded" in display(frame, []).columns and "1.4736" in list(display(frame, [])["bpb:embedded"])
     old = records_frame([record("c", "smollm2-135m", 13.0, None)])  # records from before bpb: no column
     assert not [c for c in old.columns if c.startswith("bpb")]
+
+
+def test_families_suite_and_the_text_bytes_setting(tmp_path) -> None:
+    from harness.errors import SuiteError
+    from harness.suite import PerplexitySpec, load_suite, resolve_cells
+
+    cells = resolve_cells(load_suite("suites/families.yaml"), "suites/families.yaml")
+    assert len(cells) == 20 and {c.model.id for c in cells} == {"smollm2-135m", "gemma3-270m"}
+    assert {c.evaluations.perplexity.text_bytes for c in cells} == {81920}
+    with pytest.raises(ValueError, match="exclude each other"):
+        PerplexitySpec(text_bytes=1000, max_windows=3)
+    # text_bytes is None by default, and then left out of the cell key (keys made before it stay)
+    plain = next(c for c in resolve_cells(load_suite("suites/quickstart.yaml"), "suites/quickstart.yaml"))
+    assert plain.evaluations.perplexity.text_bytes is None
+    with_field = plain.model_copy(deep=True)
+    object.__setattr__(with_field.evaluations.perplexity, "text_bytes", 81920)
+    assert with_field.key != plain.key
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("name: bad\nmodels: [gemma-7b-local-typo.gguf]\nmethods: [{name: none}]\n")
+    with pytest.raises(SuiteError, match="gemma3-270m"):  # the message lists the embedded models
+        load_suite(suite)
