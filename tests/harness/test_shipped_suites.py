@@ -50,5 +50,6 @@ def test_importance_ablation_rules_and_seeds():
     assert rules == {("wa", "critical_first"), ("wa_max", "critical_first"), ("w", "critical_first"),
                      ("random", "critical_first"), ("wa", "sorted")}
     seeds = {c.method_label: sorted(x.seed for x in cells if x.method_label == c.method_label) for c in cells}
-    assert seeds["aqlm"] == seeds["crvq-wa"] == seeds["crvq-random"] == [0, 1, 2]
+    assert seeds["aqlm-harness"] == seeds["crvq-wa"] == seeds["crvq-random"] == [0, 1, 2]
+    assert {c.params["variant"] for c in cells if c.method in ("aqlm", "crvq")} == {"harness"}
     assert seeds["crvq-w"] == [0]
