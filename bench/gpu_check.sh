@@ -2,10 +2,10 @@
 # The GPU side of the harness verified in one run on one H100/H200 (issue P14), at most 8 minutes:
 #   1. the tests marked `gpu`: every Triton kernel compiles and agrees with its dequantized
 #      reference (float16, bfloat16; batch 1 and 8; 7B shapes), a tiny LLaMA decodes every format
-#      in a CUDA graph                                                      (time box  80 s)
+#      in a CUDA graph                                                      (time box 100 s)
 #   2. bench/throughput.py on LLaMA-2-7B shapes, float16: dense, RTN/GPTQ 4 and 2 bit (g64, g128),
 #      AQLM 1x8/2x8/1x16, CRVQ; batch 1 x 128 tokens and batch 8 x 32 tokens, CUDA graphs; tok/s,
-#      x fp16, bytes a step reads, GB/s, % of the card's peak, agreement (time box 200 s)
+#      x fp16, bytes a step reads, GB/s, % of the card's peak, agreement (time box 190 s)
 #   3. the CUDA suite bench/gpu_suite.yaml end to end (none, RTN 4, GPTQ 4, AQLM b1, CRVQ b1 on the
 #      embedded model's first 10 blocks; perplexity + throughput)           (time box 170 s)
 #   4. everything under $OUT (7 files, no folders): gpu_check.log (all output), summary.md (steps,
@@ -26,7 +26,8 @@
 # The device call (one, ~8 min of a 15-min budget; the machine stays warm 30 s after it, so a
 # failed step can be rerun at once with --steps N):
 #   run(command="bash bench/gpu_check.sh", carry=[".gpu"], timeout_s=590)
-# (time boxes 80 + 200 + 170 s, set-up and conversions ~40 s: about 8 min; at most 9.5 if every box runs out)
+# (time boxes 100 + 190 + 170 s, set-up and conversions ~40 s: about 8 min; at most 9.5 if every box runs out;
+#  step 1 compiles every kernel variant into Triton's disk cache, so steps 2-3 start warm)
 # Then commit the files that came back (files_at): throughput_gpu_<card>.{md,json}, summary.md and
 # gpu_check.log under bench/results/gpu_check_<card>/, and the suite's records and tables:
 #   mkdir -p bench/results/gpu_suite && tar -xzf <files_at>/suite_results.tar.gz -C bench/results/gpu_suite
@@ -124,7 +125,7 @@ EOF
 
 # --- 1. kernel tests ----------------------------------------------------------------------------
 if want 1; then
-  step "1 tests -m gpu" ${GPU_CHECK_T1:-$([ $DRY = 1 ] && echo 900 || echo 80)} \
+  step "1 tests -m gpu" ${GPU_CHECK_T1:-$([ $DRY = 1 ] && echo 900 || echo 100)} \
     "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="" tests/methods/test_kernels_gpu.py -rfE
 fi
 
@@ -137,7 +138,7 @@ if want 2; then
     TP_ARGS=(--model llama2-7b-shapes --device cuda --batch-sizes 1 8 --new-tokens 128 --new-tokens-batched 32
              --warmup 1 --repeats 3)
   fi
-  step "2 throughput" ${GPU_CHECK_T2:-$([ $DRY = 1 ] && echo 900 || echo 200)} \
+  step "2 throughput" ${GPU_CHECK_T2:-$([ $DRY = 1 ] && echo 900 || echo 190)} \
     "$PY" bench/throughput.py "${TP_ARGS[@]}" --dtypes float16 \
       --formats rtn-4b-g64 rtn-4b-g128 rtn-2b-g64 rtn-2b-g128 gptq-4b-g64-actorder gptq-4b-g128-actorder \
                 gptq-2b-g64-actorder gptq-2b-g128-actorder aqlm-2x8 aqlm-1x16 aqlm-1x8 crvq-1x8+3x8 \
@@ -198,7 +199,7 @@ fi
   echo "|---|---|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
-  [ -f "$TP_OUT.md" ] && sed -n '/^## /,$p' "$TP_OUT.md"
+  [ -f "$TP_OUT.md" ] && sed -n '/^## /,$p' "$TP_OUT.md" && echo
   [ -f "$OUT/suite_tables.md" ] && sed -n '/^## Cells/,$p' "$OUT/suite_tables.md"
 } > "$SUMMARY"
 echo; echo "=================== summary"; cat "$SUMMARY"
