@@ -257,11 +257,12 @@ class ResultStore:
         return record is not None and record.get("status") == "ok"
 
     def records(self) -> list[dict[str, Any]]:
-        """Every readable record, ok and failed, sorted by label (then key)."""
+        """Every readable record, ok and failed, sorted by label (then key); records from before
+        the published defaults are labelled by the variant they ran (`variant_labelled`)."""
         if not self.records_dir.is_dir():
             return []
         found = (self._read(p) for p in self.records_dir.glob("*.json"))
-        return sorted((r for r in found if r is not None), key=lambda r: (str(r.get("label", "")), r["key"]))
+        return sorted((variant_labelled(r) for r in found if r is not None), key=lambda r: (str(r.get("label", "")), r["key"]))
 
     def failed(self) -> list[dict[str, Any]]:
         """Records whose status is not ``ok``, sorted by label."""
@@ -303,3 +304,24 @@ class ResultStore:
         if removed:
             logger.info("removed %d stale temp file(s) under %s", len(removed), self.root)
         return removed
+
+
+def variant_labelled(record: dict[str, Any]) -> dict[str, Any]:
+    """`record`, with the method label its method gives its params (`Quantizer.default_label`)
+    when the record predates `variant` (issue P11: AQLM and CRVQ cells that ran the harness's
+    variant under the bare method name, e.g. `crvq-kmeans_metric=hessian-reorder=critical_first`),
+    so tables and plots of old results say which algorithm ran. Records with a `variant` param or
+    a label of their own, and params a method no longer accepts, are returned unchanged."""
+    params, method = record.get("params"), record.get("method")
+    if not isinstance(params, dict) or "variant" in params or not method or record.get("method_label") not in (None, method):
+        return record
+    try:
+        from harness.registry import get_method
+
+        cls = get_method(method)
+        if "variant" not in cls.Config.model_fields:
+            return record
+        label = cls.default_label(cls.Config.model_validate(params))
+    except Exception:  # an unknown method or outdated params: keep the stored label
+        return record
+    return record if label == method else {**record, "method_label": label}

@@ -64,3 +64,21 @@ def test_suite_labels_carry_the_variant(tmp_path):
     path.write_text(path.read_text().replace("against: crvq-harness", "against: crvq-typo"))
     with pytest.raises(SuiteError, match="crvq-typo"):
         load_suite(path)
+
+
+def test_records_from_before_the_variants_are_labelled_by_what_they_ran(tmp_path):
+    from harness.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    old = {"kmeans_metric": "hessian", "reorder": "critical_first", "nbits": 8}  # params before `variant` existed
+    store.put({"key": "0000000000000001", "label": "m/crvq/b1", "method": "crvq", "method_label": "crvq",
+               "params": old, "status": "ok"})
+    store.put({"key": "0000000000000002", "label": "m/aqlm/b1", "method": "aqlm", "method_label": "aqlm",
+               "params": {"kmeans_metric": "euclidean"}, "status": "ok"})
+    store.put({"key": "0000000000000003", "label": "m/mine/b1", "method": "crvq", "method_label": "mine",
+               "params": old, "status": "ok"})
+    store.put({"key": "0000000000000004", "label": "m/crvq-harness/b1", "method": "crvq",
+               "method_label": "crvq-harness", "params": {**old, "variant": "harness"}, "status": "ok"})
+    labels = {r["key"][-1]: r["method_label"] for r in store.records()}
+    assert labels == {"1": "crvq-kmeans_metric=hessian-reorder=critical_first", "2": "aqlm", "3": "mine",
+                      "4": "crvq-harness"}
