@@ -64,7 +64,7 @@ def test_builtin_embedded_on_a_suite_file(tmp_path: Path):
     aqlm = next(c for c in cells if c.method == "aqlm")
     crvq = next(c for c in cells if c.method == "crvq")
     assert aqlm.calibration.source == "embedded" and aqlm.calibration.num_sequences == 32
-    assert aqlm.params["max_epochs"] == 2 and crvq.params["importance_kmeans_iters"] == 5
+    assert aqlm.params["max_epochs"] == 6 and crvq.params["importance_kmeans_iters"] == 5
     assert aqlm.finetune_e2e == crvq.finetune_e2e and aqlm.finetune_e2e.max_sequences == 32
     assert suite.evaluations.perplexity.datasets == ["embedded"]
     # the stand-in's description of itself does not change a cell's key; the settings do
