@@ -383,20 +383,26 @@ def bits(
 
 
 def main() -> None:
-    """Console entry point: one-paragraph errors with exit code 2, tracebacks only with --debug."""
-    import click
+    """Console entry point: one-paragraph errors with exit code 2, tracebacks only with --debug.
+
+    Command-line usage errors (a missing argument, an unknown option) are typer's own exceptions:
+    typer >= 0.29 carries its own copy of click, so they are caught through typer's API."""
     from pydantic import ValidationError
 
     try:
-        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here
+        code = app(standalone_mode=False)  # returns the code of a typer.Exit here
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # usage errors: typer prints the usage line and the message
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            console.print(f"error: {exc}", soft_wrap=True, highlight=False, markup=False)
         sys.exit(2)
     except (HarnessError, ValidationError, ImportError, FileNotFoundError) as exc:
         if _state["debug"]:

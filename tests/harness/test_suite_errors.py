@@ -132,3 +132,12 @@ def test_run_refuses_an_escaping_name(tmp_path):
     assert "`name`" in proc.stderr and "Traceback" not in proc.stderr
     assert "results/../../etc/evil" not in proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv", [["compare", "results/none"], ["run"], ["validate", "--no-such-option", "x.yaml"]])
+def test_usage_errors_exit_2_without_traceback(argv):
+    """A missing argument or an unknown option: typer's usage message, exit 2, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert "Usage:" in proc.stderr and ("Missing" in proc.stderr or "No such option" in proc.stderr), proc.stderr
