@@ -92,14 +92,20 @@ def test_missing_suite_file(tmp_path, monkeypatch, capsys):
     assert code == 2 and "suite file not found" in err and "Traceback" not in err
 
 
-def test_valid_suite_validates(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("text", "expected"), [
+    (VALID, "valid — 1 cells"),
+    # two lines with the same method and params are fine when their labels tell them apart
+    ("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, label: rtn-again, budgets: [4]}]\n",
+     "valid — 2 cells"),
+])
+def test_valid_suite_validates(text, expected, tmp_path, monkeypatch, capsys):
     path = tmp_path / "ok.yaml"
-    path.write_text(VALID)
+    path.write_text(text)
     monkeypatch.setattr(sys, "argv", ["harness", "validate", str(path)])
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code in (0, None)
-    assert "valid" in capsys.readouterr().out
+    assert expected in capsys.readouterr().out
 
 
 def test_console_script_exit_code(tmp_path):
@@ -109,17 +115,6 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown method 'rtm'" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_distinct_labels_make_repeated_lines_valid(tmp_path, monkeypatch, capsys):
-    """Two lines with the same method and params are fine when their labels tell them apart."""
-    path = tmp_path / "labels.yaml"
-    path.write_text("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, label: rtn-again, budgets: [4]}]\n")
-    monkeypatch.setattr(sys, "argv", ["harness", "validate", str(path)])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    assert exc.value.code in (0, None)
-    assert "2 cells" in capsys.readouterr().out
 
 
 def test_run_refuses_an_escaping_name(tmp_path):
