@@ -5,18 +5,17 @@ checking what it references and resolving it into cells is `harness.suite`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.identity import KEY_VERSION, IdentityScope, cell_identity
 from harness.tasks import PAPER_TASKS
 
-#: Bump when the meaning of a record changes, so old records are not reused.
-RECORD_VERSION = 1
+#: Hashed into every cell key (its home and meaning: `harness.identity.KEY_VERSION`).
+RECORD_VERSION = KEY_VERSION
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m"
 #: The embedded models a suite may name (the catalog `harness.models.embedded.EMBEDDED_MODELS`).
@@ -367,20 +366,9 @@ class Cell(_Strict):
 
     @property
     def key(self) -> str:
-        """Hash of everything that determines the cell's results (`stand_in` and `base_seed` only
-        describe them; an absent `finetune_e2e` is left out, so keys of cells without it are unchanged)."""
-        payload = self.model_dump(mode="json", exclude={"suite", "save_model", "stand_in", "base_seed"})
-        if payload.get("finetune_e2e") is None:
-            payload.pop("finetune_e2e", None)
-        for evaluation in ("throughput", "zero_shot"):  # keys of cells without them are unchanged
-            if payload["evaluations"].get(evaluation) is None:
-                payload["evaluations"].pop(evaluation, None)
-        perplexity = payload["evaluations"].get("perplexity")
-        if perplexity is not None and perplexity.get("text_bytes") is None:  # keys without it are unchanged
-            perplexity.pop("text_bytes", None)
-        payload["record_version"] = RECORD_VERSION
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """The cell's result identity (:func:`harness.identity.cell_identity`, scope ``RESULT``):
+        a hash of everything that determines its results."""
+        return cell_identity(self.model_dump(mode="json"), IdentityScope.RESULT)
 
     @property
     def label(self) -> str:
