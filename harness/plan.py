@@ -259,7 +259,8 @@ def _evaluations(cell: Cell, facts: ModelFacts, dev: DeviceProfile, budget: _Bud
 
 def plan_cell(cell: Cell, *, base_dir: Path | None = None, profile: str | None = None) -> CellPlan:
     """Bits, memory and time of one cell from configs alone (see the module docstring)."""
-    from harness.metrics.bits_table import bits_table, make_quantizer
+    from harness.metrics.bits_table import bits_table
+    from harness.registry import build_quantizer
 
     plan = CellPlan(cell=cell, profile=_profile(cell, profile))
     dev = PROFILES[plan.profile]
@@ -271,7 +272,7 @@ def plan_cell(cell: Cell, *, base_dir: Path | None = None, profile: str | None =
         plan.error = str(exc)
         return plan
     plan.source, plan.bits, plan.bits_paper, plan.model_bits = facts.source, table.bits, table.bits_paper, table.model_bits
-    quantizer = make_quantizer(cell.method, params=cell.params)
+    quantizer = build_quantizer(cell.method, params=cell.params)
     dtype_bytes = _BYTES[cell.dtype]
     rate = (dev.half_tflops if dtype_bytes == 2 else dev.fp32_tflops) * 1e12
     seqlen = cell.model.seqlen or facts.default_seqlen

@@ -9,9 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib.metadata import entry_points
-from typing import Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, TypeVar
 
-from harness.errors import UnknownMethodError
+from harness.errors import HarnessError, UnknownMethodError
+
+if TYPE_CHECKING:
+    from harness.quantizer import MethodConfig, Quantizer
 
 T = TypeVar("T")
 
@@ -106,3 +109,34 @@ def get_method(name: str):
 def method_names() -> list[str]:
     _discover()
     return METHODS.names()
+
+
+class BudgetError(HarnessError):
+    """A method has no preset for a nominal bit budget."""
+
+
+def method_config(
+    method: "str | type[Quantizer]", budget: int | None = None, params: Mapping[str, Any] | None = None
+) -> "MethodConfig":
+    """The validated config of `method` (a registry name or a `Quantizer` class): its preset for
+    the nominal `budget` (none: the config's defaults) overridden by `params`.
+
+    Raises UnknownMethodError (unknown name), BudgetError (no preset for `budget`, naming the
+    supported budgets) or pydantic's ValidationError (bad `params`)."""
+    cls = get_method(method) if isinstance(method, str) else method
+    base: dict[str, Any] = {}
+    if budget is not None:
+        try:
+            base = dict(cls.presets(budget))
+        except ValueError as exc:
+            supported = ", ".join(map(str, cls.supported_budgets())) or "none"
+            raise BudgetError(f"{exc}. Supported budgets for '{cls.name}': {supported}.") from exc
+    return cls.Config.model_validate({**base, **(params or {})})
+
+
+def build_quantizer(
+    method: "str | type[Quantizer]", budget: int | None = None, params: Mapping[str, Any] | None = None
+) -> "Quantizer":
+    """The one way to build a quantizer from (name, budget, params): see `method_config`."""
+    cls = get_method(method) if isinstance(method, str) else method
+    return cls(method_config(cls, budget, params))

@@ -19,8 +19,9 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.metrics.bits import bits_summary
 from harness.quantizer import QuantizedLinear, Quantizer
+from harness.registry import BudgetError, build_quantizer
 
-__all__ = ["BitsTable", "ShapeBits", "bits_table", "make_quantizer", "shape_bits"]
+__all__ = ["BitsTable", "ShapeBits", "bits_table", "shape_bits"]
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,6 @@ class BitsTable:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shapes": [s.as_dict() for s in self.shapes]}
-
-
-def make_quantizer(method: str, budget: int | None = None, params: dict[str, Any] | None = None) -> Quantizer:
-    """The registered method `method` with its `budget` preset (if any) overridden by `params`."""
-    from harness.registry import get_method
-
-    cls = get_method(method)
-    base: dict[str, Any] = {}
-    if budget is not None:
-        try:
-            base = dict(cls.presets(budget))
-        except ValueError as exc:
-            raise HarnessError(f"--budget {budget}: {exc}") from exc
-    return cls(cls.Config(**{**base, **(params or {})}))
 
 
 def shape_bits(quantizer: Quantizer, out_features: int, in_features: int, storage_bits: int = 16) -> tuple[float, float]:
@@ -129,7 +116,10 @@ def bits_table(
     from harness.models.adapters import get_adapter, iter_block_linears
     from harness.models.shapes import meta_model, resolve_config
 
-    quantizer = make_quantizer(method, budget, params)
+    try:
+        quantizer = build_quantizer(method, budget, params)
+    except BudgetError as exc:
+        raise HarnessError(f"--budget {budget}: {exc}") from exc
     config, source = resolve_config(model)
     lm = meta_model(config)
     adapter = get_adapter(lm)

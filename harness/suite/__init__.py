@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from harness.errors import HarnessError, SuiteError, UnknownMethodError
-from harness.registry import get_method
+from harness.registry import BudgetError, get_method, method_config
 from harness.tasks import PACK_TASKS
 from harness.suite.schema import (
     EMBEDDED_MODEL_ALIAS,
@@ -155,7 +155,7 @@ def _line_labels(entry: MethodEntry) -> set[str]:
         return {entry.label}
     try:
         method = get_method(entry.name)
-        return {method.default_label(method.Config.model_validate(p)) for _, p in _resolve_entry(entry, "")}
+        return {method.default_label(method_config(method, params=p)) for _, p in _resolve_entry(entry, "")}
     except (HarnessError, ValidationError):
         return {entry.name}
 
@@ -274,18 +274,10 @@ def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dic
         raise SuiteError(f"{where}.name: {exc}") from exc
     combos: list[tuple[int | None, dict[str, Any]]] = []
     for j, budget in enumerate(entry.budgets or [None]):
-        base: dict[str, Any] = {}
-        if budget is not None:
-            try:
-                base = dict(method.presets(budget))
-            except ValueError as exc:
-                raise SuiteError(
-                    f"{where}.budgets[{j}]: {exc}. Supported budgets for '{entry.name}': "
-                    f"{', '.join(map(str, method.supported_budgets())) or 'none'}."
-                ) from exc
-        merged = {**base, **entry.params}
         try:
-            config = method.Config.model_validate(merged)
+            config = method_config(method, budget, entry.params)
+        except BudgetError as exc:
+            raise SuiteError(f"{where}.budgets[{j}]: {exc}") from exc
         except ValidationError as exc:
             details = "; ".join(f"`params.{_format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
             raise SuiteError(
@@ -345,7 +337,7 @@ def _entry_cells(
                 suite=suite.name,
                 model=model,
                 method=entry.name,
-                method_label=entry.label or method.default_label(method.Config.model_validate(params)),
+                method_label=entry.label or method.default_label(method_config(method, params=params)),
                 budget=budget,
                 params=params,
                 calibration=calibration,

@@ -106,10 +106,10 @@ def test_closed_forms_match_the_quantized_layers(method, params):
     import torch
     from torch import nn
 
-    from harness.metrics.bits_table import make_quantizer
+    from harness.registry import build_quantizer
     from harness.quantizer import LayerStats, QuantContext
 
-    quantizer = make_quantizer(method, params=params)
+    quantizer = build_quantizer(method, params=params)
     gen = torch.Generator().manual_seed(0)
     linear = nn.Linear(128, 24)
     with torch.no_grad():

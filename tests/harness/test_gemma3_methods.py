@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
 from harness.checkpoint import load_quantized, save_quantized
-from harness.metrics.bits_table import make_quantizer
+from harness.registry import build_quantizer
 from harness.models import get_adapter
 from harness.pipeline import run_pipeline
 from harness.quantize import quantize
@@ -67,7 +67,7 @@ METHODS = {
 def test_method_quantizes_saves_and_reloads(method: str, calibration, tmp_path) -> None:
     budget, params = METHODS[method]
     model = _tiny_gemma3()
-    quantizer = make_quantizer(method, budget=budget, params=params)
+    quantizer = build_quantizer(method, budget=budget, params=params)
     logs = quantize(model, quantizer, calibration=calibration, progress=False)
     assert len({entry["name"] for entry in logs if entry["name"].endswith("_proj")}) == 6 * 7
     with torch.no_grad():
