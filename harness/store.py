@@ -3,11 +3,19 @@
 Layout under ``root``::
 
     records/<key>.json   one record per cell key (written by the engine)
+    cells/<key>.json     the cell spec a worker process runs (written by the executor)
     models/<key>/        saved quantized models
-    logs/<key>.log       each cell's log
+    checkpoints/<key>/   per-block checkpoints of a calibrated cell in progress (removed once recorded)
+    zeroshot/<model>/    zero-shot results per task of one quantized model (a cache; <model> is
+                         the cell's MODEL identity, so cells differing only in evaluations share it)
+    logs/<key>.log       each cell's log (and <key>.traceback.txt of a failed cell)
+    locks/<key>.lock     the lock serialising writes of one key
+    slurm/               submitit's folder (executor: slurm, unless `slurm_folder` is set)
     suites/<name>.yaml   a copy of each suite file that ran into this folder (`harness run`)
     tables/  plots/      the report
     report.html          the report in one self-contained page
+
+Every path of a results folder comes from a method of :class:`ResultStore`.
 
 Every file is written to a temp file in the same folder, fsynced and moved into place with
 ``os.replace`` (then the folder is fsynced), so a reader never sees a partial file and a
@@ -29,6 +37,7 @@ import logging
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +207,35 @@ class ResultStore:
         """``root/logs/<key>.traceback.txt``: the traceback (or log tail) of a failed cell."""
         return self.logs_dir / f"{self._check_key(key)}.traceback.txt"
 
+    def cell_spec_path(self, key: str) -> Path:
+        """``root/cells/<key>.json``: the cell spec a worker process reads (`harness.worker`)."""
+        return self.root / "cells" / f"{self._check_key(key)}.json"
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """``root/checkpoints/<key>/``: the per-block checkpoints of a cell in progress."""
+        return self.root / "checkpoints" / self._check_key(key)
+
+    def zeroshot_cache_dir(self, model_key: str) -> Path:
+        """``root/zeroshot/<model_key>/``: lm-eval results per task of one quantized model
+        (``model_key``: the cell's ``MODEL`` identity, `harness.identity`)."""
+        return self.root / "zeroshot" / self._check_key(model_key)
+
+    def lock_path(self, key: str) -> Path:
+        """``root/locks/<key>.lock`` (the ``locks`` folder is created)."""
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        return self.locks_dir / f"{self._check_key(key)}.lock"
+
+    @property
+    def slurm_dir(self) -> Path:
+        """``root/slurm/``: submitit's default folder."""
+        return self.root / "slurm"
+
+    def scratch_dir(self, prefix: str) -> tempfile.TemporaryDirectory:
+        """A temporary folder under ``root`` (removed on exit; use as a context manager): model-sized
+        scratch files stay on the results' file system (a small /tmp may not hold them)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=f".{prefix}-", dir=self.root)
+
     # ------------------------------------------------------------------ records
     @staticmethod
     def _read(path: Path) -> dict[str, Any] | None:
@@ -243,8 +281,7 @@ class ResultStore:
         if fcntl is None:  # pragma: no cover
             yield
             return
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.locks_dir / f"{self._check_key(key)}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.lock_path(key), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
