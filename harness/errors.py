@@ -20,3 +20,7 @@ class ModelLoadError(HarnessError):
 
 class DataError(HarnessError):
     """A dataset cannot be located or loaded."""
+
+
+class UnknownEvaluationError(HarnessError):
+    """An evaluation name is not registered."""

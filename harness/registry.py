@@ -34,8 +34,10 @@ BUILTIN_METHODS: dict[str, str] = {
 class Registry(Generic[T]):
     """A name -> object registry accepting objects or lazy `"module:attr"` targets."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, group: str = ENTRY_POINT_GROUP, error: type[HarnessError] = UnknownMethodError):
         self.kind = kind
+        self.group = group  # the entry-point group third-party packages register under
+        self.error = error  # raised for an unknown or unimportable name
         self._items: dict[str, T | str] = {}
 
     def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
@@ -58,10 +60,10 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownMethodError(
+            raise self.error(
                 f"unknown {self.kind} '{name}'.{hint} Known: {', '.join(self.names()) or 'none'}. "
                 f"Run `harness list` to see them, or install the package that provides it "
-                f"(entry-point group '{ENTRY_POINT_GROUP}')."
+                f"(entry-point group '{self.group}')."
             )
         item = self._items[name]
         if isinstance(item, str):
@@ -69,7 +71,7 @@ class Registry(Generic[T]):
             try:
                 item = getattr(importlib.import_module(module_name), attr)
             except (ImportError, AttributeError) as exc:
-                raise UnknownMethodError(
+                raise self.error(
                     f"{self.kind} '{name}' is registered as '{self._items[name]}' but cannot be "
                     f"imported: {exc}. Reinstall the package that provides it."
                 ) from exc
