@@ -43,6 +43,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.record import CellRecord
+
 try:  # POSIX only; elsewhere writes of one key are not serialised
     import fcntl
 except ImportError:  # pragma: no cover
@@ -252,25 +254,42 @@ class ResultStore:
             return None
         return record
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The record of ``key``, or None if absent or corrupt."""
-        return self._read(self.record_path(key))
+    @classmethod
+    def _load(cls, path: Path) -> CellRecord | None:
+        """A record file as a :class:`CellRecord` (migrated; the file is not rewritten), or None
+        (logged) when it is unreadable or not a valid record."""
+        raw = cls._read(path)
+        if raw is None:
+            return None
+        try:
+            return CellRecord.load(raw)
+        except ValueError as exc:
+            logger.warning("%s: %s; left out", path, exc)
+            return None
 
-    def put(self, record: dict[str, Any], *, replace_ok: bool = False) -> Path | None:
-        """Write ``record`` (which must carry its ``key``) atomically, unless the key already
-        has an ``ok`` record: the first ``ok`` record of a key wins (``replace_ok=True``
-        overrides that). Returns the record's path, or None when ``record`` was dropped.
+    def get(self, key: str) -> CellRecord | None:
+        """The record of ``key``, or None if absent or corrupt."""
+        return self._load(self.record_path(key))
+
+    def put(self, record: CellRecord | dict[str, Any], *, replace_ok: bool = False) -> Path | None:
+        """Write ``record`` (which must carry its ``key``; a dict is read as a record first, so a
+        malformed one fails here) atomically, unless the key already has an ``ok`` record: the
+        first ``ok`` record of a key wins (``replace_ok=True`` overrides that). Returns the
+        record's path, or None when ``record`` was dropped.
         """
-        if not isinstance(record, dict) or "key" not in record:
-            raise ValueError("a record is a dict with a 'key' field (the cell's config hash)")
-        path = self.record_path(record["key"])
-        text = _dumps(record)  # an unserialisable record fails before any I/O
-        with self._key_lock(record["key"]):
+        if not isinstance(record, CellRecord):
+            if not isinstance(record, dict) or "key" not in record:
+                raise ValueError("a record is a CellRecord or a dict with a 'key' field (the cell's config hash)")
+            self._check_key(record["key"])
+            record = CellRecord.load(record)
+        path = self.record_path(record.key)
+        text = _dumps(record.dump())  # an unserialisable record fails before any I/O
+        with self._key_lock(record.key):
             existing = self._read(path)
             if not replace_ok and existing is not None and existing.get("status") == "ok":
                 logger.info(
                     "%s: already has an ok record (finished %s); the %s record from this writer is dropped",
-                    path.name, existing.get("finished_at", "?"), record.get("status", "new"),
+                    path.name, existing.get("finished_at", "?"), record.status or "new",
                 )
                 return None
             return atomic_write_text(path, text)
@@ -289,33 +308,30 @@ class ResultStore:
             os.close(fd)  # closing the last descriptor releases the lock
 
     def is_finished(self, key: str) -> bool:
-        """True when ``key`` has a record with status ``ok`` (failed cells are re-run)."""
-        record = self.get(key)
+        """True when ``key`` has a record with status ``ok`` (failed cells are re-run). Reads the
+        stored status alone, so a finished cell is never re-run for a record this harness cannot type."""
+        record = self._read(self.record_path(key))
         return record is not None and record.get("status") == "ok"
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every readable record, ok and failed, sorted by label (then key); records from before
-        the published defaults are labelled by the variant they ran (`variant_labelled`)."""
+    def records(self) -> list[CellRecord]:
+        """Every readable record, ok and failed, sorted by label (then key), migrated to the
+        current record version (:meth:`CellRecord.load`)."""
         if not self.records_dir.is_dir():
             return []
-        found = (self._read(p) for p in self.records_dir.glob("*.json"))
-        return sorted((variant_labelled(r) for r in found if r is not None), key=lambda r: (str(r.get("label", "")), r["key"]))
+        found = (self._load(p) for p in self.records_dir.glob("*.json"))
+        return sorted((r for r in found if r is not None), key=lambda r: (str(r.label or ""), r.key))
 
-    def failed(self) -> list[dict[str, Any]]:
+    def failed(self) -> list[CellRecord]:
         """Records whose status is not ``ok``, sorted by label."""
-        return [r for r in self.records() if r.get("status") != "ok"]
+        return [r for r in self.records() if not r.ok]
 
-    def find(self, pattern: str) -> list[dict[str, Any]]:
+    def find(self, pattern: str) -> list[CellRecord]:
         """Records whose key starts with ``pattern`` or whose label matches it (fnmatch).
 
         ``find("3fa2")`` finds a key by its prefix; ``find("smollm2-135m/rtn/*")`` or
         ``find("*/gptq/b2")`` select by label (case-sensitive).
         """
-        return [
-            r
-            for r in self.records()
-            if r["key"].startswith(pattern) or fnmatch.fnmatchcase(str(r.get("label", "")), pattern)
-        ]
+        return [r for r in self.records() if r.key.startswith(pattern) or fnmatch.fnmatchcase(str(r.label or ""), pattern)]
 
     # ------------------------------------------------------------------ housekeeping
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> list[Path]:
@@ -342,23 +358,3 @@ class ResultStore:
             logger.info("removed %d stale temp file(s) under %s", len(removed), self.root)
         return removed
 
-
-def variant_labelled(record: dict[str, Any]) -> dict[str, Any]:
-    """`record`, with the method label its method gives its params (`Quantizer.default_label`)
-    when the record predates `variant` (issue P11: AQLM and CRVQ cells that ran the harness's
-    variant under the bare method name, e.g. `crvq-kmeans_metric=hessian-reorder=critical_first`),
-    so tables and plots of old results say which algorithm ran. Records with a `variant` param or
-    a label of their own, and params a method no longer accepts, are returned unchanged."""
-    params, method = record.get("params"), record.get("method")
-    if not isinstance(params, dict) or "variant" in params or not method or record.get("method_label") not in (None, method):
-        return record
-    try:
-        from harness.registry import get_method
-
-        cls = get_method(method)
-        if "variant" not in cls.Config.model_fields:
-            return record
-        label = cls.default_label(cls.Config.model_validate(params))
-    except Exception:  # an unknown method or outdated params: keep the stored label
-        return record
-    return record if label == method else {**record, "method_label": label}
