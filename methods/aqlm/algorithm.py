@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.analysis.layers import relative_output_error as shared_relative_output_error
 from methods.aqlm.kmeans import kmeans
 
 __all__ = [
     "AQLMResult", "CodebookSpec", "aqlm_quantize", "code_matrix", "code_step", "codebook_adam_steps", "error_gradients",
-    "kmeans", "output_error", "reconstruct", "relative_output_error", "residual_kmeans_init",
+    "kmeans", "output_error", "reconstruct", "residual_kmeans_init",
 ]
 
 #: Largest score matrix (rows x codebook entries) built at once by the code search.
@@ -131,12 +130,6 @@ def output_error(D: torch.Tensor, H: torch.Tensor) -> float:
     """E = tr(D H Dᵀ) for D = Ŵ - W [out, in], computed in float64."""
     D = D.double()
     return float(((D @ H.double()) * D).sum())
-
-
-def relative_output_error(W_hat: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> float:
-    """E(Ŵ) / tr(W H Wᵀ) (float64); note the argument order (Ŵ first), see
-    `harness.analysis.layers.relative_output_error` (the shared definition it calls)."""
-    return shared_relative_output_error(W, W_hat, H)
 
 
 # --------------------------------------------------------------------- codebook step

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness.quantizer import MethodConfig
+from harness.plugin import MethodConfig
 
 #: Nominal bit budget -> params. Bits per weight are about Σ b_m / g plus the codebooks
 #: (2**b · g · 16 bits per codebook) and one 16-bit scale per row, e.g. 1x8 g8 on a 576x576

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.finetune_e2e import restore_state, tunable_parameters
+from harness.plugin import restore_state, tunable_parameters
 
 __all__ = ["finetune_block", "trainable_block"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.quantizer import QuantizedLinear, StoredTensor
+from harness.plugin import QuantizedLinear, StoredTensor
 from methods.common.triton_support import guarded_launch, kernels_usable
 
 __all__ = ["AQLMLinear", "aqlm_formula_bits", "aqlm_quantization_config"]

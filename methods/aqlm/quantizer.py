@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.quantizer import LayerStats, QuantContext, Quantizer
+from harness.plugin import LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, VARIANTS, AQLMConfig, variant_label
 from methods.aqlm.finetune import finetune_block as run_block_finetuning

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.quantizer import QuantizedLinear, StoredTensor
+from harness.plugin import QuantizedLinear, StoredTensor
 from methods.common.packing import MAX_BITS, pack_rows, packed_length, unpack_rows
 from methods.common.triton_support import guarded_launch, kernels_usable
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from harness.quantizer import MethodConfig
+from harness.plugin import MethodConfig
 from methods.aqlm.config import AQLMConfig, Variant, apply_variant
 
 Importance = Literal["wa", "wa_max", "w", "random"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from harness.quantizer import StoredTensor
+from harness.plugin import StoredTensor
 from methods.aqlm.layer import AQLMLinear
 from methods.crvq.algorithm import crvq_formula_bits, index_bits
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.quantizer import LayerStats, QuantContext, Quantizer
+from harness.plugin import LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
 from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize

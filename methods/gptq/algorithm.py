@@ -21,12 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.analysis.layers import relative_output_error  # re-exported: the shared definition
 from methods.rtn.algorithm import minmax_grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GPTQResult", "gptq_quantize", "relative_output_error"]
+__all__ = ["GPTQResult", "gptq_quantize"]
 
 _MAX_RETRY_DAMP = 1.0  # retries multiply the damping by 10 while it stays <= this
 

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from harness.quantizer import MethodConfig
+from harness.plugin import MethodConfig
 
 Backend = Literal["native", "auto-gptq", "gptqmodel"]
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from harness.quantizer import LayerStats, QuantContext, Quantizer
-from methods.gptq.algorithm import GPTQResult, gptq_quantize, relative_output_error
+from harness.plugin import LayerStats, QuantContext, Quantizer, relative_output_error
+from methods.gptq.algorithm import GPTQResult, gptq_quantize
 from methods.gptq.config import GPTQConfig
 from methods.gptq.layer import GPTQLinear
 

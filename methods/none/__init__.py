@@ -5,7 +5,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from harness.quantizer import LayerStats, MethodConfig, QuantContext, QuantizedLinear, Quantizer
+from harness.plugin import LayerStats, MethodConfig, QuantContext, QuantizedLinear, Quantizer
 
 __all__ = ["NoneConfig", "NoQuantizer"]
 

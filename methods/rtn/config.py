@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from harness.quantizer import MethodConfig
+from harness.plugin import MethodConfig
 
 
 class RTNConfig(MethodConfig):

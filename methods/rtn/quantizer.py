@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.quantizer import LayerStats, QuantContext, Quantizer
+from harness.plugin import LayerStats, QuantContext, Quantizer
 from methods.rtn.algorithm import dequantize_codes, minmax_grid, quantize_codes
 from methods.rtn.config import RTNConfig
 from methods.rtn.layer import RTNLinear

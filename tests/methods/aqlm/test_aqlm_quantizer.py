@@ -9,9 +9,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from harness.quantizer import LayerStats, QuantContext
+from harness.plugin import relative_output_error
 from harness.registry import get_method
 from methods.aqlm import AQLMConfig, AQLMLinear, AQLMQuantizer
-from methods.aqlm.algorithm import relative_output_error
 from methods.aqlm.config import PAPER_2BIT_1X16
 from tests.methods.aqlm.layer_reference import REFERENCE_REL_ERROR, REFERENCE_SECONDS
 
@@ -63,7 +63,7 @@ def test_quantize_linear_returns_a_packed_layer_and_logs():
     assert set(entry) == {"layer", "rel_error", "init_rel_error", "epochs", "seconds"}
     assert entry["epochs"] == 4 and entry["rel_error"] < entry["init_rel_error"]
     W = linear.weight.detach()
-    assert entry["rel_error"] == pytest.approx(relative_output_error(layer.dequantize(), W, stats.H), rel=1e-6)
+    assert entry["rel_error"] == pytest.approx(relative_output_error(W, layer.dequantize(), stats.H), rel=1e-6)
     x = torch.randn(3, 64)
     torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.dequantize(), linear.bias), rtol=1e-4, atol=1e-5)
     assert layer.measured_bits() == pytest.approx((32 * 8 * 6 + 64 * 8 * 16 + 32 * 16) / (32 * 64))
@@ -104,7 +104,7 @@ def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):
     start = time.perf_counter()
     layer = AQLMQuantizer(cfg).quantize_linear(linear, LayerStats(H, n), ctx)
     seconds = time.perf_counter() - start
-    rel = relative_output_error(layer.dequantize(), W, H)
+    rel = relative_output_error(W, layer.dequantize(), H)
     print(f"aqlm layer reference: rel error {rel:.4f} (reference {REFERENCE_REL_ERROR}) in {seconds:.1f} s "
           f"(reference {REFERENCE_SECONDS} s), {ctx.log[0]['epochs']} epochs")
     assert rel <= REFERENCE_REL_ERROR

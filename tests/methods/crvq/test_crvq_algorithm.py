@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.aqlm.algorithm import CodebookSpec, aqlm_quantize, relative_output_error
+from harness.plugin import relative_output_error
+from methods.aqlm.algorithm import CodebookSpec, aqlm_quantize
 from methods.crvq.algorithm import (
     critical_group_count,
     crvq_formula_bits,
@@ -61,7 +62,7 @@ def test_permute_layer_preserves_the_output_error():
     Wp, Hp = permute_layer(W, H, perm)
     W_hat = W + 0.01 * torch.randn(W.shape, generator=_gen(3))
     Wp_hat, _ = permute_layer(W_hat, H, perm)
-    assert relative_output_error(Wp_hat, Wp, Hp) == pytest.approx(relative_output_error(W_hat, W, H), rel=1e-9)
+    assert relative_output_error(Wp, Wp_hat, Hp) == pytest.approx(relative_output_error(W, W_hat, H), rel=1e-9)
 
 
 def _run(W, H, seed=0, **kw):
@@ -78,7 +79,7 @@ def test_crvq_beats_plain_vq_and_reports_its_error():
     assert result.n_crit == 1 and not result.fallback
     assert sorted(result.perm.tolist()) == list(range(128))
     assert [grp is None for grp in result.aqlm.groups] == [True, False, False]
-    assert result.aqlm.rel_error == pytest.approx(relative_output_error(result.weight(8), W, H), rel=1e-6)
+    assert result.aqlm.rel_error == pytest.approx(relative_output_error(W, result.weight(8), H), rel=1e-6)
     plain = aqlm_quantize(W, H, [CodebookSpec(6)], in_group_size=8, generator=_gen(0), max_epochs=4,
                           steps_per_epoch=20, relative_mse_tolerance=0.0, kmeans_iters=10)
     assert result.aqlm.rel_error < 0.8 * plain.rel_error

@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from harness.quantizer import LayerStats, QuantContext
+from harness.plugin import relative_output_error
 from harness.registry import get_method
 from methods.aqlm import AQLMConfig, AQLMLinear, AQLMQuantizer
-from methods.aqlm.algorithm import relative_output_error
 from methods.crvq import CRVQConfig, CRVQLinear, CRVQQuantizer
 from methods.crvq.config import shared_field_names
 
@@ -97,7 +97,7 @@ def test_quantize_linear_returns_a_crvq_layer_and_logs():
     assert 0.125 < entry["importance_scores"]["critical_share"] <= 1.0
     assert 3 in layer.perm[:8].tolist()  # the planted high-energy channel is critical
     W = linear.weight.detach()
-    assert entry["rel_error"] == pytest.approx(relative_output_error(layer.dequantize(), W, stats.H), rel=1e-6)
+    assert entry["rel_error"] == pytest.approx(relative_output_error(W, layer.dequantize(), stats.H), rel=1e-6)
     x = torch.randn(3, 64)
     torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.dequantize(), linear.bias), rtol=1e-4, atol=1e-5)
     assert layer.measured_bits() == pytest.approx(layer.formula_bits(), rel=1e-12)
@@ -179,7 +179,7 @@ def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):
     start = time.perf_counter()
     layer = CRVQQuantizer(CRVQConfig()).quantize_linear(linear, LayerStats(H, n), ctx)
     seconds = time.perf_counter() - start
-    rel = relative_output_error(layer.dequantize(), W, H)
+    rel = relative_output_error(W, layer.dequantize(), H)
     entry = ctx.log[0]
     print(f"crvq layer reference: rel error {rel:.4f} (reference {REFERENCE_REL_ERROR}) in {seconds:.1f} s "
           f"(reference {REFERENCE_SECONDS} s), {entry['epochs']} epochs, bits_paper {layer.paper_bits():.4f} "

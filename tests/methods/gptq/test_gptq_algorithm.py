@@ -6,7 +6,8 @@ import logging
 import pytest
 import torch
 
-from methods.gptq.algorithm import gptq_quantize, relative_output_error
+from harness.plugin import relative_output_error
+from methods.gptq.algorithm import gptq_quantize
 from methods.rtn.algorithm import dequantize_codes, minmax_grid, quantize_codes
 
 def _weight(out: int, inp: int, seed: int = 0) -> torch.Tensor:

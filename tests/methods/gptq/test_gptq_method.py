@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch import nn
 
+from harness.plugin import relative_output_error
 from harness.quantizer import LayerStats, QuantContext
 from harness.registry import get_method
 from methods.common import unpack_rows
 from methods.gptq import GPTQConfig, GPTQLinear, GPTQQuantizer, export_gptq_checkpoint, load_gptq_checkpoint
-from methods.gptq.algorithm import gptq_quantize, relative_output_error
+from methods.gptq.algorithm import gptq_quantize
 from methods.rtn.algorithm import dequantize_codes, minmax_grid, quantize_codes
 
 
