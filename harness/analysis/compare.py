@@ -14,30 +14,23 @@ standard error, not per-example results): a normal-approximation CI from the two
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from harness.analysis.side import Side, budget_text, side_of
 from harness.analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, PairedDifference, paired_difference
 from harness.analysis.zeroshot_diff import ZeroShotComparison, zero_shot_differences
 from harness.errors import HarnessError
+from harness.record import CellRecord
 from harness.store import ResultStore
 
-Record = dict[str, Any]
+__all__ = ["CompareResult", "Comparison", "Side", "by_seed", "check_windows", "common_datasets", "compare_methods",
+           "fmt_interval", "fmt_number", "fmt_p", "fmt_signed", "pair_seeds", "select_method"]
 
-
-@dataclass(frozen=True)
-class Side:
-    """One side of a comparison: a method label and the records (one per seed) it pairs."""
-
-    label: str
-    keys: tuple[str, ...]
-    seeds: tuple[int, ...]
-    bits: float | None  # measured bits per weight, mean over the records
-    records: tuple[Record, ...] = field(repr=False, compare=False, default=())
+Record = CellRecord
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class Comparison:
     @property
     def group(self) -> str:
         """``<model>/b<budget>``, e.g. ``smollm2-135m/b1``."""
-        return f"{self.model}/{_budget_text(self.budget)}"
+        return f"{self.model}/{budget_text(self.budget)}"
 
     def verdict(self) -> str:
         """One line, e.g. ``crvq lowers embedded perplexity vs aqlm by 34.86 (−22.7%), 95% CI
@@ -135,82 +128,53 @@ def fmt_p(p: float, resamples: int) -> str:
     return f"< {floor:.2g}" if p < floor else f"= {p:.3g}"
 
 
-# --------------------------------------------------------------------------- record fields
-
-def method_label(r: Record) -> str:
-    return str(r.get("method_label") or r.get("method") or "?")
-
-
-def model_label(r: Record) -> str:
-    return str((r.get("model") or {}).get("label") or str(r.get("label", "?")).split("/")[0])
-
-
-def record_seed(r: Record) -> int:
-    """The cell's seed (``cell.seed``; older records: ``environment.seeds.cell``; else 0)."""
-    seed = (r.get("cell") or {}).get("seed")
-    if seed is None:
-        seed = ((r.get("environment") or {}).get("seeds") or {}).get("cell")
-    return int(seed or 0)
-
-
-def is_reference(r: Record) -> bool:
-    return bool(r.get("reference", r.get("method") == "none"))
-
-
-def _cell(r: Record) -> str:
-    return f"{r.get('label', '?')} (key {r['key']})"
-
-
-def _budget_text(budget: int | None) -> str:
-    return "-" if budget is None else f"b{budget}"
-
-
 # --------------------------------------------------------------------------- selection
 
 def select_method(records: Sequence[Record], name: str, where: str) -> tuple[str, list[Record]]:
     """(label, ok records) of a method: those whose ``method_label`` is ``name``, else those
     whose registered method name is ``name`` (when they carry a single label)."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    chosen = [r for r in ok if r.get("method_label") == name]
+    ok = [r for r in records if r.ok]
+    chosen = [r for r in ok if r.stored_method_label == name]
     if not chosen:
-        chosen = [r for r in ok if r.get("method") == name]
-        labels = sorted({method_label(r) for r in chosen})
+        chosen = [r for r in ok if r.method == name]
+        labels = sorted({r.method_label for r in chosen})
         if len(labels) > 1:
             raise HarnessError(
                 f"{where}: method '{name}' ran under several labels ({', '.join(labels)}); give one of these "
                 f"labels instead of the method name."
             )
     if not chosen:
-        available = sorted({method_label(r) for r in ok})
+        available = sorted({r.method_label for r in ok})
         raise HarnessError(
             f"{where}: no finished record of method '{name}'. Method labels with finished records: "
             f"{', '.join(available) or 'none'}."
         )
-    return method_label(chosen[0]), chosen
+    return chosen[0].method_label, chosen
 
 
 def _filter(records: list[Record], label: str, where: str, *, model: str | None, budget: int | None) -> list[Record]:
-    kept = [r for r in records if model is None or model_label(r) == model]
+    kept = [r for r in records if model is None or r.model_label == model]
     if not kept:
-        models = sorted({model_label(r) for r in records})
+        models = sorted({r.model_label for r in records})
         raise HarnessError(f"{where}: no finished '{label}' record for model '{model}'; its models: {', '.join(models)}.")
     if budget is not None:  # a reference (no budget) pairs with every budget
-        matching = [r for r in kept if r.get("budget") == budget or is_reference(r)]
+        matching = [r for r in kept if r.budget == budget or r.is_reference]
         if not matching:
-            budgets = sorted({str(r.get("budget")) for r in kept})
+            budgets = sorted({str(r.budget) for r in kept})
             raise HarnessError(f"{where}: no finished '{label}' record at budget {budget}; its budgets: {', '.join(budgets)}.")
         kept = matching
     return kept
 
 
-def _by_seed(records: list[Record], label: str, group: str, where: str) -> dict[int, Record]:
+def by_seed(records: list[Record], label: str, group: str, where: str) -> dict[int, Record]:
+    """``{seed: record}`` of one side in one group; two records of one seed are an error."""
     out: dict[int, Record] = {}
     for r in records:
-        seed = record_seed(r)
+        seed = r.seed
         if seed in out:
             raise HarnessError(
-                f"{where}: '{label}' has two finished records for {group} seed {seed}: {_cell(out[seed])} and "
-                f"{_cell(r)} (e.g. a suite re-run with changed settings); move the stale record out of records/ "
+                f"{where}: '{label}' has two finished records for {group} seed {seed}: {out[seed].display} and "
+                f"{r.display} (e.g. a suite re-run with changed settings); move the stale record out of records/ "
                 f"or give the lines distinct method labels."
             )
         out[seed] = r
@@ -226,7 +190,7 @@ def pair_seeds(
     notes: list[str] = []
     for single, many, one_label in ((base, against, labels[0]), (against, base, labels[1])):
         ref = next(iter(single.values()))
-        if len(single) == 1 and is_reference(ref) and not is_reference(next(iter(many.values()))):
+        if len(single) == 1 and ref.is_reference and not next(iter(many.values())).is_reference:
             if len(many) > 1:
                 notes.append(f"{group}: the single {one_label} record (unquantized, deterministic) is paired with every seed")
             return [(ref, many[s]) if single is base else (many[s], ref) for s in sorted(many)], notes
@@ -249,51 +213,36 @@ def pair_seeds(
 
 # --------------------------------------------------------------------------- perplexity
 
-def _window_info(r: Record, dataset: str) -> dict[str, Any]:
-    return ((r.get("metrics") or {}).get("perplexity") or {}).get(dataset) or {}
-
-
-def _check_windows(pairs: list[tuple[Record, Record]], dataset: str, where: str) -> int:
-    """Raise unless every record was evaluated on the same windows; return the seqlen."""
+def check_windows(pairs: list[tuple[Record, Record]], dataset: str, where: str) -> int:
+    """Raise unless every record was evaluated on the same windows of ``dataset``; return the seqlen."""
     first = pairs[0][0]
-    ref = _window_info(first, dataset)
+    ref = first.perplexity(dataset)
     for r in (r for pair in pairs for r in pair):
-        info = _window_info(r, dataset)
-        nll = info.get("window_nll")
-        if not nll or len(nll) != info.get("windows"):
+        info = r.perplexity(dataset)
+        nll = r.window_nll(dataset)
+        if not nll or len(nll) != info.windows:
             raise HarnessError(
-                f"{where}: {_cell(r)} has no per-window losses for {dataset} (written by an older harness), so "
+                f"{where}: {r.display} has no per-window losses for {dataset} (written by an older harness), so "
                 f"no interval can be computed; re-run that cell (move its record out of records/ and run the suite)."
             )
-        shape, ref_shape = (info.get("seqlen"), info.get("windows")), (ref.get("seqlen"), ref.get("windows"))
-        hashes = info.get("token_hash"), ref.get("token_hash")
+        shape, ref_shape = (info.seqlen, info.windows), (ref.seqlen, ref.windows)
+        hashes = info.token_hash, ref.token_hash
         same_tokens = None in hashes or hashes[0] == hashes[1]
         if shape != ref_shape or not same_tokens:
             what = (f"seqlen {shape[0]} × {shape[1]} windows vs seqlen {ref_shape[0]} × {ref_shape[1]} windows"
                     if shape != ref_shape else f"token hash {hashes[0]} vs {hashes[1]}: different evaluation tokens")
             raise HarnessError(
-                f"{where}: {_cell(r)} and {_cell(first)} were evaluated on different {dataset} windows ({what}); a "
+                f"{where}: {r.display} and {first.display} were evaluated on different {dataset} windows ({what}); a "
                 f"paired comparison needs the same windows: re-run one of them with the other's "
                 f"`evaluations.perplexity` settings (seqlen, max_windows) and the same evaluation text."
             )
-    return int(ref["seqlen"])
-
-
-def _side(label: str, rows: Sequence[Record]) -> Side:
-    bits = [float(b) for r in rows if (b := (r.get("metrics") or {}).get("bits")) is not None]
-    return Side(
-        label=label,
-        keys=tuple(dict.fromkeys(r["key"] for r in rows)),
-        seeds=tuple(record_seed(r) for r in rows),
-        bits=float(np.mean(bits)) if bits else None,
-        records=tuple(rows),
-    )
+    return int(ref.seqlen)
 
 
 # --------------------------------------------------------------------------- entry point
 
 def compare_methods(
-    source: ResultStore | Sequence[Record],
+    source: ResultStore | Sequence[Record | Mapping[str, Any]],
     base: str,
     against: str,
     *,
@@ -308,7 +257,8 @@ def compare_methods(
     """Compare ``against`` with ``base`` on every (model, budget, dataset) both have (or the one
     selected): one :class:`Comparison` per combination, plus per-task zero-shot differences.
 
-    ``base``/``against`` are method labels (or registered names); a reference cell (method
+    ``base``/``against`` are method labels (or registered names); ``source`` is a store or its
+    records (dicts are read as records); a reference cell (method
     ``none``, no budget) pairs with every budget of the other side. Raises
     :class:`HarnessError` when nothing can be paired or the windows differ; ``where`` names the
     results in its messages (default: the store's folder).
@@ -318,7 +268,7 @@ def compare_methods(
     if resamples < 100:
         raise HarnessError(f"--resamples {resamples}: use at least 100 (2000 is the default).")
     where = where or (str(source.root) if isinstance(source, ResultStore) else "records")
-    records = source.records() if isinstance(source, ResultStore) else list(source)
+    records = source.records() if isinstance(source, ResultStore) else [CellRecord.load(r) for r in source]
     base_label, base_records = select_method(records, base, where)
     against_label, against_records = select_method(records, against, where)
     if base_label == against_label:
@@ -330,23 +280,22 @@ def compare_methods(
     result = CompareResult(base_label, against_label, [], [], [])
     for (model_name, b_budget, a_budget), (b_rows, a_rows) in groups.items():
         budget_value = a_budget if b_budget is None else b_budget
-        group = f"{model_name}/{_budget_text(budget_value)}"
+        group = f"{model_name}/{budget_text(budget_value)}"
         pairs, notes = pair_seeds(
-            _by_seed(b_rows, base_label, group, where), _by_seed(a_rows, against_label, group, where),
+            by_seed(b_rows, base_label, group, where), by_seed(a_rows, against_label, group, where),
             (base_label, against_label), group, where,
         )
         result.notes += notes
-        base_side = _side(base_label, [b for b, _ in pairs])
-        against_side = _side(against_label, [a for _, a in pairs])
-        datasets = [d for d in _window_info_datasets(pairs) if dataset is None or d == dataset]
+        base_side = side_of(base_label, [b for b, _ in pairs])
+        against_side = side_of(against_label, [a for _, a in pairs])
+        datasets = [d for d in common_datasets(pairs) if dataset is None or d == dataset]
         if not datasets:
             result.notes.append(f"{group}: no perplexity dataset{f' {dataset!r}' if dataset else ''} that both sides evaluated")
         for ds in datasets:
-            seqlen = _check_windows(pairs, ds, where)
+            seqlen = check_windows(pairs, ds, where)
             try:
                 diff = paired_difference(
-                    [_window_info(b, ds)["window_nll"] for b, _ in pairs],
-                    [_window_info(a, ds)["window_nll"] for _, a in pairs],
+                    [b.window_nll(ds) for b, _ in pairs], [a.window_nll(ds) for _, a in pairs],
                     level=level, resamples=resamples, seed=seed,
                 )
             except ValueError as exc:
@@ -366,10 +315,9 @@ def compare_methods(
     return result
 
 
-def _window_info_datasets(pairs: list[tuple[Record, Record]]) -> list[str]:
+def common_datasets(pairs: list[tuple[Record, Record]]) -> list[str]:
     """Perplexity datasets every paired record has (in the first record's order)."""
-    first = list(((pairs[0][0].get("metrics") or {}).get("perplexity") or {}))
-    return [d for d in first if all(_window_info(r, d) for pair in pairs for r in pair)]
+    return [d for d in pairs[0][0].perplexities if all(r.perplexity(d) is not None for pair in pairs for r in pair)]
 
 
 def _common_groups(
@@ -380,7 +328,7 @@ def _common_groups(
     def by_group(rows: list[Record]) -> dict[tuple[str, int | None], list[Record]]:
         out: dict[tuple[str, int | None], list[Record]] = {}
         for r in rows:
-            out.setdefault((model_label(r), None if is_reference(r) else r.get("budget")), []).append(r)
+            out.setdefault((r.model_label, None if r.is_reference else r.budget), []).append(r)
         return out
 
     b_groups, a_groups = by_group(base), by_group(against)
@@ -391,7 +339,7 @@ def _common_groups(
                 groups[(m, bb, ab)] = (b_rows, a_rows)
     if not groups:
         def listing(g: dict) -> str:
-            return ", ".join(f"{m}/{_budget_text(b)}" for m, b in sorted(g, key=lambda k: (k[0], k[1] or 0)))
+            return ", ".join(f"{m}/{budget_text(b)}" for m, b in sorted(g, key=lambda k: (k[0], k[1] or 0)))
 
         raise HarnessError(
             f"{where}: {labels[0]} and {labels[1]} share no model and budget ({labels[0]}: {listing(b_groups)}; "

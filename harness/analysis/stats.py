@@ -70,7 +70,8 @@ def _as_matrix(window_nll: Sequence[float] | Sequence[Sequence[float]]) -> np.nd
     return arr
 
 
-def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+def percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap ``samples`` (percentile method)."""
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(samples, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -86,7 +87,9 @@ def _resampled_ppl(nll: np.ndarray, window_idx: np.ndarray, seed_idx: np.ndarray
     return np.take_along_axis(per_seed.T, seed_idx, axis=1).mean(axis=1)  # [B]
 
 
-def _draws(n_windows: int, n_seeds: int, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+def draws(n_windows: int, n_seeds: int, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bootstrap indices: windows [resamples, windows] and seeds [resamples, seeds] (None for one
+    seed), from ``seed``; every statistic resampled with the same ``seed`` uses the same draws."""
     rng = np.random.default_rng(seed)
     window_idx = rng.integers(0, n_windows, size=(resamples, n_windows))
     seed_idx = rng.integers(0, n_seeds, size=(resamples, n_seeds)) if n_seeds > 1 else None
@@ -107,8 +110,8 @@ def perplexity_interval(
 ) -> Interval:
     """Perplexity and its bootstrap CI over evaluation windows (and seeds, for [seeds, windows])."""
     nll = _as_matrix(window_nll)
-    window_idx, seed_idx = _draws(nll.shape[1], nll.shape[0], resamples, seed)
-    low, high = _percentiles(_resampled_ppl(nll, window_idx, seed_idx), level)
+    window_idx, seed_idx = draws(nll.shape[1], nll.shape[0], resamples, seed)
+    low, high = percentiles(_resampled_ppl(nll, window_idx, seed_idx), level)
     return Interval(perplexity_from_nll(nll), low, high, level)
 
 
@@ -130,7 +133,7 @@ def paired_difference(
         raise ValueError(
             f"paired comparison needs the same windows and seeds on both sides, got {base.shape} vs {against.shape}"
         )
-    window_idx, seed_idx = _draws(base.shape[1], base.shape[0], resamples, seed)
+    window_idx, seed_idx = draws(base.shape[1], base.shape[0], resamples, seed)
     base_star = _resampled_ppl(base, window_idx, seed_idx)
     against_star = _resampled_ppl(against, window_idx, seed_idx)
     delta_star = against_star - base_star
@@ -143,8 +146,8 @@ def paired_difference(
     return PairedDifference(
         base=base_ppl,
         against=against_ppl,
-        delta=Interval(against_ppl - base_ppl, *_percentiles(delta_star, level), level),
-        relative=Interval((against_ppl - base_ppl) / base_ppl, *_percentiles(relative_star, level), level),
+        delta=Interval(against_ppl - base_ppl, *percentiles(delta_star, level), level),
+        relative=Interval((against_ppl - base_ppl) / base_ppl, *percentiles(relative_star, level), level),
         p_value=p_value,
         windows=int(base.shape[1]),
         seeds=int(base.shape[0]),

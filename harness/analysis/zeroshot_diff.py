@@ -11,16 +11,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from harness.analysis.side import Side, budget_text
 from harness.analysis.stats import Interval
+from harness.record import CellRecord, ZeroShotTask
 
-if TYPE_CHECKING:
-    from harness.analysis.compare import Side
-
-Record = dict[str, Any]
+__all__ = ["ZeroShotComparison", "acc_and_se", "zero_shot_differences"]
 
 
 @dataclass(frozen=True)
@@ -57,16 +56,12 @@ class ZeroShotComparison:
         }
 
 
-def _zero_shot_tasks(r: Record) -> dict[str, dict[str, Any]]:
-    tasks = (((r.get("metrics") or {}).get("zero_shot") or {}).get("tasks")) or {}
-    return {t: v for t, v in tasks.items() if isinstance(v, dict) and v.get("error") is None and v.get("acc") is not None}
-
-
-def _acc_and_se(rows: Sequence[dict[str, Any]]) -> tuple[float, float | None]:
-    """Mean accuracy over seeds and its standard error: the items are the same for every seed,
-    so item noise is not averaged away (mean of the squared stderrs) and seed noise adds on."""
-    acc = np.array([float(v["acc"]) for v in rows])
-    stderr = [v.get("acc_stderr") for v in rows]
+def acc_and_se(rows: Sequence[ZeroShotTask]) -> tuple[float, float | None]:
+    """Mean accuracy over seeds (one finished task result per seed) and its standard error: the
+    items are the same for every seed, so item noise is not averaged away (mean of the squared
+    stderrs) and seed noise adds on. The error is None when a seed has no finite stderr."""
+    acc = np.array([float(v.acc) for v in rows])
+    stderr = [v.acc_stderr for v in rows]
     if any(s is None or not math.isfinite(float(s)) for s in stderr):
         return float(acc.mean()), None
     var = float(np.mean(np.square(np.asarray(stderr, dtype=float))))
@@ -76,27 +71,27 @@ def _acc_and_se(rows: Sequence[dict[str, Any]]) -> tuple[float, float | None]:
 
 
 def zero_shot_differences(
-    model: str, budget: int | None, pairs: list[tuple[Record, Record]], base: Side, against: Side, level: float,
+    model: str, budget: int | None, pairs: list[tuple[CellRecord, CellRecord]], base: Side, against: Side, level: float,
 ) -> tuple[list[ZeroShotComparison], list[str]]:
     """Per task that every paired record finished: the accuracy difference (mean over seeds) with
     its normal-approximation CI at ``level`` and two-sided p; tasks run on different examples
     (samples, limit or task-file fingerprint) are left out with a note."""
     out: list[ZeroShotComparison] = []
     notes: list[str] = []
-    base_tasks = [_zero_shot_tasks(b) for b, _ in pairs]
-    against_tasks = [_zero_shot_tasks(a) for _, a in pairs]
+    base_tasks = [b.finished_tasks for b, _ in pairs]
+    against_tasks = [a.finished_tasks for _, a in pairs]
     names = [t for t in base_tasks[0] if all(t in bt for bt in base_tasks) and all(t in at for at in against_tasks)]
     z = NormalDist().inv_cdf(0.5 + level / 2)
     for task in names:
         rows_b, rows_a = [bt[task] for bt in base_tasks], [at[task] for at in against_tasks]
-        settings = {(v.get("samples"), v.get("limit"), v.get("fingerprint")) for v in rows_b + rows_a}
+        settings = {(v.samples, v.limit, v.fingerprint) for v in rows_b + rows_a}
         if len(settings) > 1:
-            group = f"{model}/{'-' if budget is None else f'b{budget}'}"
+            group = f"{model}/{budget_text(budget)}"
             notes.append(f"{group}: zero-shot task {task} left out: the two sides ran it on different examples "
                          f"(samples, limit or task files differ)")
             continue
-        acc_b, se_b = _acc_and_se(rows_b)
-        acc_a, se_a = _acc_and_se(rows_a)
+        acc_b, se_b = acc_and_se(rows_b)
+        acc_a, se_a = acc_and_se(rows_a)
         delta, p = acc_a - acc_b, None
         interval = None
         if se_b is not None and se_a is not None:
@@ -104,5 +99,5 @@ def zero_shot_differences(
             interval = Interval(delta, delta - z * se, delta + z * se, level)
             p = math.erfc(abs(delta) / se / math.sqrt(2)) if se > 0 else (0.0 if delta else 1.0)
         out.append(ZeroShotComparison(model, budget, task, base, against, acc_b, acc_a, interval, p,
-                                      rows_b[0].get("samples")))
+                                      rows_b[0].samples))
     return out, notes

@@ -11,6 +11,7 @@ import pandas as pd
 
 from harness.claims.verdict import NOT_COVERED
 from harness.claims.verify import ClaimVerdict
+from harness.record import CellRecord
 from harness.store import ResultStore, atomic_write_text
 
 __all__ = ["claims_markdown", "display_rows", "suite_claim_files", "write_claim_tables", "write_claims_report"]
@@ -91,7 +92,7 @@ def write_claim_tables(store: ResultStore, rows: Sequence[ClaimVerdict], *, titl
 
 
 def write_claims_report(store: ResultStore, claim_files: Sequence[str | Path], *,
-                        records: Sequence[dict] | None = None) -> list[Path]:
+                        records: Sequence[CellRecord] | None = None) -> list[Path]:
     """``report.claims``: verify each claims file on this store and write the tables (a file
     that cannot be read is reported in the log and skipped)."""
     from harness.claims.schema import ClaimsError, load_claims

@@ -9,7 +9,7 @@ one verdict per claim, results directory, model and budget — with the numbers 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +17,12 @@ from harness.analysis.stats import DEFAULT_RESAMPLES
 from harness.claims.cover import measure_check
 from harness.claims.schema import Claim, ClaimsFile, parse_metric
 from harness.claims.verdict import NOT_COVERED, Measurement, verdict_of
+from harness.record import CellRecord
 from harness.store import ResultStore
 
 __all__ = ["ClaimVerdict", "model_matches", "verify_claims"]
 
-Record = dict[str, Any]
+Record = CellRecord
 
 
 def _aliases(name: str) -> set[str]:
@@ -36,7 +37,7 @@ def _aliases(name: str) -> set[str]:
 
 def model_matches(pattern: str, record: Record) -> bool:
     """True when the record's model (id or label, or an alias of them) is the claimed model."""
-    model = record.get("model") or {}
+    model = record.model or {}
     names = set().union(*(_aliases(str(n)) for n in (model.get("id"), model.get("label")) if n))
     patterns = {pattern.lower()} | (_aliases(pattern) if not any(c in pattern for c in "*?[") else set())
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
@@ -147,8 +148,8 @@ def verify_claim(claim: Claim, records: Sequence[Record], results: str, *, resam
     rows = []
     for cover in measure_check(check, records, results, resamples=resamples, seed=seed):
         stand_in = cover.model is not None and not any(
-            model_matches(check.model, r) for r in records if (r.get("model") or {}).get("label") == cover.model
-            or str(r.get("label", "")).split("/")[0] == cover.model)
+            model_matches(check.model, r) for r in records if (r.model or {}).get("label") == cover.model
+            or str(r.label or "").split("/")[0] == cover.model)
         if cover.measurement is None:
             rows.append(ClaimVerdict(claim, results, cover.model, cover.budget, NOT_COVERED, None, stand_in, cover.reason))
             continue
@@ -159,9 +160,11 @@ def verify_claim(claim: Claim, records: Sequence[Record], results: str, *, resam
     return rows
 
 
-def verify_claims(claims: ClaimsFile, stores: Sequence[ResultStore | tuple[str, Sequence[Record]]], *,
-                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[ClaimVerdict]:
-    """Every claim on every results directory (a store, or ``(name, records)``), claims in file order."""
-    sources = [(s.root.name, s.records()) if isinstance(s, ResultStore) else (s[0], list(s[1])) for s in stores]
+def verify_claims(claims: ClaimsFile, stores: Sequence[ResultStore | tuple[str, Sequence[Record | Mapping[str, Any]]]],
+                  *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[ClaimVerdict]:
+    """Every claim on every results directory (a store, or ``(name, records)``; dicts are read as
+    records), claims in file order."""
+    sources = [(s.root.name, s.records()) if isinstance(s, ResultStore) else (s[0], [CellRecord.load(r) for r in s[1]])
+               for s in stores]
     return [row for claim in claims.claims for name, records in sources
             for row in verify_claim(claim, records, name, resamples=resamples, seed=seed)]
