@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from harness.plugin import MethodConfig
+from methods.common.config import reject_bools
 
 #: Nominal bit budget -> params. Bits per weight are about Σ b_m / g plus the codebooks
 #: (2**b · g · 16 bits per codebook) and one 16-bit scale per row, e.g. 1x8 g8 on a 576x576
@@ -43,6 +44,16 @@ def apply_variant(data: Any, variants: dict[str, dict[str, Any]], default: str =
     return {**variants[variant], **data}
 
 
+def variant_defaults(variants: dict[str, dict[str, Any]]) -> Any:
+    """A before-validator for a config class body: fills in the fields of the params' `variant`
+    (`apply_variant`)."""
+
+    def fill(cls: type, data: Any) -> Any:
+        return apply_variant(data, variants)
+
+    return model_validator(mode="before")(fill)
+
+
 def variant_label(name: str, config: Any, variants: dict[str, dict[str, Any]]) -> str:
     """The method label of a suite line without `label`: `name` for the published algorithm,
     `name-harness` for the harness variant, plus `-field=value` for each field a variant sets
@@ -52,6 +63,12 @@ def variant_label(name: str, config: Any, variants: dict[str, dict[str, Any]]) -
     parts = [name] + (["harness"] if config.variant != "published" else [])
     parts += [f"{field}={getattr(config, field)}" for field, value in chosen.items() if getattr(config, field) != value]
     return "-".join(parts)
+
+#: The fields with one supported value: field -> (value, what it means in the error message).
+_SUPPORTED_ONLY: dict[str, tuple[int, str]] = {
+    "out_group_size": (1, ""),
+    "scale_nbits": (0, " (one float16 scale per output row)"),
+}
 
 
 class AQLMConfig(MethodConfig):
@@ -119,34 +136,19 @@ class AQLMConfig(MethodConfig):
     )
     finetune_keep_best: bool = Field(True, description="restore the parameters of the best validation epoch")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _variant(cls, data: Any) -> Any:
-        return apply_variant(data, VARIANTS)
-
-    @field_validator(
+    _variant = variant_defaults(VARIANTS)
+    _no_bools = reject_bools(
         "num_codebooks", "nbits_per_codebook", "in_group_size", "out_group_size", "scale_nbits",
         "max_epochs", "steps_per_epoch", "beam_size", "kmeans_iters", "finetune_max_epochs",
-        "finetune_batch_size", "finetune_max_sequences", "finetune_patience", mode="before",
+        "finetune_batch_size", "finetune_max_sequences", "finetune_patience",
     )
-    @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer, not a boolean")
-        return value
 
-    @field_validator("out_group_size")
+    @field_validator("out_group_size", "scale_nbits")
     @classmethod
-    def _out_group(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(f"only out_group_size 1 is supported, got {value}")
-        return value
-
-    @field_validator("scale_nbits")
-    @classmethod
-    def _scale_bits(cls, value: int) -> int:
-        if value != 0:
-            raise ValueError(f"only scale_nbits 0 (one float16 scale per output row) is supported, got {value}")
+    def _supported_only(cls, value: int, info: ValidationInfo) -> int:
+        supported, meaning = _SUPPORTED_ONLY[info.field_name]
+        if value != supported:
+            raise ValueError(f"only {info.field_name} {supported}{meaning} is supported, got {value}")
         return value
 
     @field_validator("betas", "finetune_betas")

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.plugin import MethodConfig
-from methods.aqlm.config import AQLMConfig, Variant, apply_variant
+from methods.aqlm.config import AQLMConfig, Variant, variant_defaults
+from methods.common.config import reject_bools
 
 Importance = Literal["wa", "wa_max", "w", "random"]
 Reorder = Literal["critical_first", "sorted"]
@@ -114,21 +115,12 @@ class CRVQConfig(MethodConfig):
     finetune_patience: int = _aqlm("finetune_patience")
     finetune_keep_best: bool = _aqlm("finetune_keep_best")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _variant(cls, data: Any) -> Any:
-        return apply_variant(data, VARIANTS)
-
-    @field_validator(
+    _variant = variant_defaults(VARIANTS)
+    _no_bools = reject_bools(
         "nbits", "in_group_size", "num_extended_codebooks", "importance_kmeans_iters", "max_epochs",
         "steps_per_epoch", "beam_size", "kmeans_iters", "out_group_size", "scale_nbits",
-        "finetune_max_epochs", "finetune_batch_size", "finetune_max_sequences", "finetune_patience", mode="before",
+        "finetune_max_epochs", "finetune_batch_size", "finetune_max_sequences", "finetune_patience",
     )
-    @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer, not a boolean")
-        return value
 
     @field_validator("extended_nbits", mode="before")
     @classmethod

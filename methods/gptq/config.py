@@ -1,11 +1,12 @@
 """GPTQ configuration."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from harness.plugin import MethodConfig
+from methods.common.config import reject_bools, row_or_positive_group
 
 Backend = Literal["native", "auto-gptq", "gptqmodel"]
 
@@ -46,19 +47,8 @@ class GPTQConfig(MethodConfig):
         "(see methods/gptq/BACKENDS.md)",
     )
 
-    @field_validator("bits", "group_size", "block_size", mode="before")
-    @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer, not a boolean")
-        return value
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size(cls, value: int) -> int:
-        if value != -1 and value < 1:
-            raise ValueError(f"must be -1 (one group per row) or a positive integer, got {value}")
-        return value
+    _no_bools = reject_bools("bits", "group_size", "block_size")
+    _group_size = row_or_positive_group("group_size")
 
     def stores_g_idx(self, in_features: int) -> bool:
         """Whether a layer with `in_features` inputs stores (and counts) `g_idx`.

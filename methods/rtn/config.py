@@ -1,11 +1,10 @@
 """RTN configuration."""
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from harness.plugin import MethodConfig
+from methods.common.config import reject_bools, row_or_positive_group
 
 
 class RTNConfig(MethodConfig):
@@ -22,16 +21,5 @@ class RTNConfig(MethodConfig):
     group_size: int = Field(128, description="-1 (one group per row) or a positive divisor of in_features")
     symmetric: bool = Field(False, description="symmetric grid with zero point 2**(bits-1)")
 
-    @field_validator("bits", "group_size", mode="before")
-    @classmethod
-    def _no_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be an integer, not a boolean")
-        return value
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size(cls, value: int) -> int:
-        if value != -1 and value < 1:
-            raise ValueError(f"must be -1 (one group per row) or a positive integer, got {value}")
-        return value
+    _no_bools = reject_bools("bits", "group_size")
+    _group_size = row_or_positive_group("group_size")
