@@ -18,6 +18,7 @@ import pandas as pd
 from harness.analysis.compare import CompareResult, compare_methods, fmt_interval, fmt_number, fmt_p, fmt_signed
 from harness.analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from harness.errors import HarnessError
+from harness.report.style import fmt_bits, fmt_percent
 from harness.store import ResultStore, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ def _budget(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _bits(value: float | None) -> str:
-    return "?" if value is None else f"{value:.3f}"
-
-
 def ppl_display_rows(result: CompareResult) -> list[dict[str, str]]:
     """The comparison rows as display strings (shared by the CLI table and compare.md)."""
     rows = []
@@ -62,7 +59,7 @@ def ppl_display_rows(result: CompareResult) -> list[dict[str, str]]:
             "Δppl": fmt_signed(d.delta.value), f"{d.delta.level:.0%} CI": fmt_interval(d.delta),
             "Δ %": fmt_signed(100 * d.relative.value, 1), "p": fmt_p(d.p_value, d.resamples).replace("= ", ""),
             "significant": "yes" if d.significant else "no", "seeds": str(d.seeds), "windows": str(d.windows),
-            "bits": f"{_bits(c.base.bits)} → {_bits(c.against.bits)}",
+            "bits": f"{fmt_bits(c.base.bits, missing='?')} → {fmt_bits(c.against.bits, missing='?')}",
         })
     return rows
 
@@ -74,7 +71,7 @@ def zero_shot_display_rows(result: CompareResult) -> list[dict[str, str]]:
         level = f"{z.delta.level:.0%} CI" if z.delta else "CI"
         rows.append({
             "model": z.model, "budget": _budget(z.budget), "task": z.task,
-            f"{z.base.label} acc %": f"{100 * z.base_acc:.1f}", f"{z.against.label} acc %": f"{100 * z.against_acc:.1f}",
+            f"{z.base.label} acc %": fmt_percent(z.base_acc), f"{z.against.label} acc %": fmt_percent(z.against_acc),
             "Δacc (points)": fmt_signed(100 * (z.against_acc - z.base_acc), 1),
             level: "-" if z.delta is None else f"[{100 * z.delta.low:.1f}, {100 * z.delta.high:.1f}]".replace("-", "−"),
             "p": "-" if z.p_value is None else f"{z.p_value:.3g}",

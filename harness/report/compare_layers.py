@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report.plots import _MARKERS, _render, _safe
+from harness.report.style import marker, render, safe_name
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -90,12 +90,12 @@ def layer_overlay_figure(frame: pd.DataFrame, base: str, against: str, metric: s
         for i, t in enumerate(types):  # base hollow, against filled: both stay visible where they overlap
             sel = rows[rows["type"] == t]
             style = {"facecolors": "none", "edgecolors": colors[side], "s": 30} if side == "base" else {"color": colors[side], "s": 12}
-            top.scatter(sel["x"], sel[side], marker=_MARKERS[i % len(_MARKERS)], linewidths=0.9, zorder=3, **style)
+            top.scatter(sel["x"], sel[side], marker=marker(i), linewidths=0.9, zorder=3, **style)
     ratio = frame["against"] / frame["base"]
     valid = ratio.notna() & np.isfinite(ratio) & (ratio > 0)
     for i, t in enumerate(types):
         sel = valid & (frame["type"] == t)
-        bottom.scatter(frame.loc[sel, "x"], ratio[sel], color="0.3", marker=_MARKERS[i % len(_MARKERS)], s=14)
+        bottom.scatter(frame.loc[sel, "x"], ratio[sel], color="0.3", marker=marker(i), s=14)
     bottom.axhline(1.0, color="0.5", linestyle="--", linewidth=1.0)
     for ax in (top, bottom):
         ax.set_yscale("log")
@@ -110,7 +110,7 @@ def layer_overlay_figure(frame: pd.DataFrame, base: str, against: str, metric: s
     top.set_title(title)
     handles = [Line2D([], [], color=colors["base"], marker="o", markerfacecolor="none", label=base),
                Line2D([], [], color=colors["against"], marker="o", label=against)]
-    handles += [Line2D([], [], color="0.3", marker=_MARKERS[i % len(_MARKERS)], linestyle="", label=t)
+    handles += [Line2D([], [], color="0.3", marker=marker(i), linestyle="", label=t)
                 for i, t in enumerate(types)]
     top.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
@@ -119,7 +119,7 @@ def layer_overlay_figure(frame: pd.DataFrame, base: str, against: str, metric: s
 def layer_plot_path(plots_dir: Path, base: str, against: str, model: str, budget: int | None, fmt: str) -> Path:
     """``<plots_dir>/compare_<base>_vs_<against>_<model>_b<budget>_layers.<fmt>``."""
     tag = "ref" if budget is None else f"b{budget}"
-    return Path(plots_dir) / f"compare_{_safe(base)}_vs_{_safe(against)}_{_safe(model)}_{tag}_layers.{fmt}"
+    return Path(plots_dir) / f"compare_{safe_name(base)}_vs_{safe_name(against)}_{safe_name(model)}_{tag}_layers.{fmt}"
 
 
 def write_layer_overlay(
@@ -137,7 +137,7 @@ def write_layer_overlay(
     title = f"{model} b{budget}: per-layer {metric}, {base.label} vs {against.label}"
     fig = layer_overlay_figure(frame, base.label, against.label, metric, title)
     paths = [
-        atomic_write_bytes(layer_plot_path(plots_dir, base.label, against.label, model, budget, fmt), _render(fig, fmt))
+        atomic_write_bytes(layer_plot_path(plots_dir, base.label, against.label, model, budget, fmt), render(fig, fmt))
         for fmt in formats
     ]
     return paths, metric

@@ -22,6 +22,7 @@ from harness.report.repeats import (
     TOK_MIN,
     TOK_PREFIX,
 )
+from harness.report.style import ACC_SPEC, BITS_SPEC, BPB_SPEC, PPL_SPEC, fmt_cell, is_missing
 
 __all__ = ["display", "markdown_table", "uncertainty_legend"]
 
@@ -34,14 +35,14 @@ TEXT = {"model", "method", "params"}
 def _fmt(column: str) -> Callable[[Any], str]:
     """The display formatter of a frame column (missing values become ``-``)."""
     if column in ("bits", "bits_paper", "model_bits"):
-        spec = "{:.3f}"
+        spec = BITS_SPEC
     elif column.startswith(PPL_PREFIX):
-        spec = "{:.2f}"
+        spec = PPL_SPEC
     elif column.startswith(BPB_PREFIX):
-        spec = "{:.4f}"
+        spec = BPB_SPEC
     elif column.startswith(ACC_PREFIX):  # percent
-        spec = "{:.1f}"
-    elif column == "size_mb":
+        spec = ACC_SPEC
+    elif column == "size_mb":  # 10^6 bytes
         spec = "{:.2f}"
     elif column == "quantize_s" or column.startswith(TOK_PREFIX):
         spec = "{:.1f}"
@@ -49,11 +50,9 @@ def _fmt(column: str) -> Callable[[Any], str]:
         spec = "{}"
 
     def fmt(value: Any) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        if isinstance(value, float) and math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return spec.format(100 * value if column.startswith(ACC_PREFIX) else value)
+        if column.startswith(ACC_PREFIX) and not is_missing(value):
+            value = 100 * value
+        return fmt_cell(value, spec)
 
     return fmt
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from harness.analysis.layers import LayerEntry, LayerTable, layer_table
 from harness.errors import HarnessError
-from harness.report.plots import PLOT_FORMATS, _render
+from harness.report.style import PLOT_FORMATS, render
 from harness.store import ResultStore, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -303,5 +303,5 @@ def inspect_record(record: dict[str, Any], root: Path, formats: Sequence[str] = 
             result.notes.append("importance scores without histograms (older record): quantile lines only.")
     for what, fig in figures.items():
         for fmt in formats:
-            result.paths.append(atomic_write_bytes(inspect_path(root, record["key"], what, fmt), _render(fig, fmt)))
+            result.paths.append(atomic_write_bytes(inspect_path(root, record["key"], what, fmt), render(fig, fmt)))
     return result

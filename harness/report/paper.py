@@ -31,6 +31,7 @@ from harness.report.frames import model_label, to_float
 from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.report.reference import Reference, ReferenceEntry
 from harness.report.repeats import record_seed, repeat_group
+from harness.report.style import BITS_SPEC, PPL_SPEC, fmt_cell, is_missing
 from harness.store import ResultStore, atomic_write_text
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 
@@ -191,13 +192,11 @@ def _cell(column: str, row: pd.Series) -> str:
     value, kind = row[column], row["kind"]
     if isinstance(value, str):
         return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
+    spec = BITS_SPEC if column in ("bits", "stored_bits") else PPL_SPEC
+    if is_missing(value) or (isinstance(value, float) and math.isinf(value)):
+        return fmt_cell(value, spec)
     if column == "n":
         return str(int(value))
-    spec = "{:.3f}" if column in ("bits", "stored_bits") else "{:.2f}"
     text = spec.format(value)
     if kind == "delta":
         return "+" + text if value > 0 else text

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.report.plots import _MARKERS, PLOT_FORMATS, _log_y, _minor, _plain, _render, _safe
+from harness.report.style import PLOT_FORMATS, check_plot_formats, log_y, marker, minor_tick, plain_tick, render, safe_name
 from harness.report.repeats import ACC_STD, BPB_STD, PPL_STD
 from harness.report.frames import ACC_AVG, BPB_PREFIX, PPL_PREFIX
 from harness.store import atomic_write_bytes
@@ -105,7 +105,7 @@ def pareto_figure(results: pd.DataFrame, column: str, x: str = "bits", *, title:
     methods = sorted(rows.loc[~rows["reference"], "method"].unique())
     models = list(dict.fromkeys(rows["model"]))
     colour_of = {m: colours[i % len(colours)] for i, m in enumerate(methods)}
-    marker_of = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(models)}
+    marker_of = {m: marker(i) for i, m in enumerate(models)}
     for (_, row), px, py, sd, count in zip(rows.iterrows(), xs, ys, stds, n):
         colour = _REFERENCE_COLOUR if row["reference"] else colour_of[row["method"]]
         yerr = sd if count > 1 and math.isfinite(sd) else None
@@ -125,12 +125,12 @@ def pareto_figure(results: pd.DataFrame, column: str, x: str = "bits", *, title:
                     color="0.25", ha="right" if last else "left")
 
     if minimize:
-        _log_y(ax, math.log10(max(ys.max() / ys.min(), 1.0)))
+        log_y(ax, math.log10(max(ys.max() / ys.min(), 1.0)))
     if xs.min() > 0 and xs.max() / xs.min() > (4 if x == "bits" else 10):
         ax.set_xscale("log", base=2 if x == "bits" else 10)
-        ax.xaxis.set_major_formatter(FuncFormatter(_plain if x == "size" else lambda v, _p=None: f"{v:g}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(plain_tick if x == "size" else lambda v, _p=None: f"{v:g}"))
         if x == "size" and xs.max() / xs.min() < 100:
-            ax.xaxis.set_minor_formatter(FuncFormatter(_minor))
+            ax.xaxis.set_minor_formatter(FuncFormatter(minor_tick))
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title or f"{y_label.split(' (')[0]} vs {x_label.split(' (')[0]}")
@@ -152,7 +152,7 @@ def pareto_figure(results: pd.DataFrame, column: str, x: str = "bits", *, title:
 
 def pareto_path(out_dir: Path, column: str, x: str, fmt: str) -> Path:
     """``<out_dir>/pareto_<metric>_vs_<x>.<fmt>``: metric ``ppl_<dataset>`` or ``acc_avg``."""
-    return Path(out_dir) / f"pareto_{_safe(column.replace(':', '_'))}_vs_{x}.{fmt}"
+    return Path(out_dir) / f"pareto_{safe_name(column.replace(':', '_'))}_vs_{x}.{fmt}"
 
 
 def write_pareto_plots(
@@ -160,9 +160,7 @@ def write_pareto_plots(
 ) -> list[Path]:
     """Every Pareto figure the results allow (perplexity per dataset; the average zero-shot
     accuracy when some row has it; each against bits/weight and stored size), in each format."""
-    unknown = set(formats) - set(PLOT_FORMATS)
-    if unknown:
-        raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
+    check_plot_formats(formats)
     columns = [c for c in results.columns if c.startswith(PPL_PREFIX)]
     # bits per byte: the one quality axis that compares models with different tokenizers
     columns += [c for c in results.columns if c.startswith(BPB_PREFIX) and results["model"].nunique() > 1]
@@ -180,5 +178,5 @@ def write_pareto_plots(
             if fig is None:
                 continue
             for fmt in formats:
-                written.append(atomic_write_bytes(pareto_path(out_dir, column, x, fmt), _render(fig, fmt)))
+                written.append(atomic_write_bytes(pareto_path(out_dir, column, x, fmt), render(fig, fmt)))
     return written

@@ -7,10 +7,8 @@ it is), and nothing needs closing. PNG is rendered by Agg, SVG by the SVG backen
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +16,16 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from harness.report.frames import ACC_AVG, ACC_PREFIX, PPL_PREFIX
+from harness.report.style import (
+    PLOT_FORMATS,
+    check_plot_formats,
+    fmt_ppl,
+    log_y,
+    marker,
+    reference_linestyle,
+    render,
+    safe_name,
+)
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -25,18 +33,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PLOT_FORMATS = ("png", "svg")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _LOG_SPAN = 10.0  # log-scale y when max/min perplexity exceeds this
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "model"
 
 
 def plot_path(out_dir: Path, model: str, dataset: str, fmt: str) -> Path:
     """``<out_dir>/<model>_<dataset>_ppl_vs_bits.<fmt>`` (unsafe characters become ``_``)."""
-    return Path(out_dir) / f"{_safe(model)}_{_safe(dataset)}_ppl_vs_bits.{fmt}"
+    return Path(out_dir) / f"{safe_name(model)}_{safe_name(dataset)}_ppl_vs_bits.{fmt}"
 
 
 def _finite(values: pd.Series) -> pd.Series:
@@ -69,16 +71,16 @@ def ppl_vs_bits_figure(results: pd.DataFrame, model: str, dataset: str) -> Figur
     ax = fig.subplots()
     for i, (method, group) in enumerate(quant.groupby("method", sort=True)):
         group = group.sort_values("bits")
-        ax.plot(group["bits"], group[column], marker=_MARKERS[i % len(_MARKERS)], linewidth=1.5,
+        ax.plot(group["bits"], group[column], marker=marker(i), linewidth=1.5,
                 markersize=6, label=str(method))
     for j, (_, ref) in enumerate(refs.iterrows()):
         ppl = float(ref[column])
-        ax.axhline(ppl, color="0.25", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
-                   label=f"{ref['method']} (unquantized): {ppl:.2f}")
+        ax.axhline(ppl, color="0.25", linestyle=reference_linestyle(j), linewidth=1.2,
+                   label=f"{ref['method']} (unquantized): {fmt_ppl(ppl)}")
 
     values = pd.concat([quant[column], refs[column]]).astype(float)
     if values.max() / values.min() > _LOG_SPAN:
-        _log_y(ax, math.log10(values.max() / values.min()))
+        log_y(ax, math.log10(values.max() / values.min()))
     if not quant.empty:
         bits = quant["bits"].astype(float)
         pad = max(0.1, 0.05 * (bits.max() - bits.min()))
@@ -94,7 +96,7 @@ def ppl_vs_bits_figure(results: pd.DataFrame, model: str, dataset: str) -> Figur
 
 def acc_plot_path(out_dir: Path, model: str, fmt: str) -> Path:
     """``<out_dir>/<model>_zeroshot_acc_vs_bits.<fmt>``."""
-    return Path(out_dir) / f"{_safe(model)}_zeroshot_acc_vs_bits.{fmt}"
+    return Path(out_dir) / f"{safe_name(model)}_zeroshot_acc_vs_bits.{fmt}"
 
 
 def acc_vs_bits_figure(results: pd.DataFrame, model: str) -> Figure | None:
@@ -119,10 +121,10 @@ def acc_vs_bits_figure(results: pd.DataFrame, model: str) -> Figure | None:
         quant = points[~points["reference"] & points["bits"].notna()]
         for method, group in quant.groupby("method", sort=True):
             group = group.sort_values("bits")
-            ax.plot(group["bits"], 100 * group[column].astype(float), marker=_MARKERS[methods.index(method) % len(_MARKERS)],
+            ax.plot(group["bits"], 100 * group[column].astype(float), marker=marker(methods.index(method)),
                     linewidth=1.5, markersize=5, label=str(method))
         for j, (_, ref) in enumerate(points[points["reference"]].iterrows()):
-            ax.axhline(100 * float(ref[column]), color="0.25", linestyle=("--", ":", "-.")[j % 3], linewidth=1.2,
+            ax.axhline(100 * float(ref[column]), color="0.25", linestyle=reference_linestyle(j), linewidth=1.2,
                        label=f"{ref['method']} (unquantized)")
         ax.set_title("average" if column == ACC_AVG else column[len(ACC_PREFIX):], fontsize=10)
         ax.set_xlabel("bits/weight")
@@ -139,42 +141,10 @@ def acc_vs_bits_figure(results: pd.DataFrame, model: str) -> Figure | None:
     return fig
 
 
-def _plain(value: float, _pos: object = None) -> str:
-    """A perplexity tick as a plain number: ``20``, ``1,000``; ``1e+08`` only when huge."""
-    if value >= 1e7:
-        return f"{value:.0e}"
-    return f"{value:,.0f}" if value >= 1 else f"{value:g}"
-
-
-def _minor(value: float, _pos: object = None) -> str:
-    """Label the 2x, 3x and 5x minor ticks (for spans under two decades)."""
-    mantissa = value / 10 ** math.floor(math.log10(value))
-    return _plain(value) if round(mantissa) in (2, 3, 5) and abs(mantissa - round(mantissa)) < 1e-6 else ""
-
-
-def _log_y(ax: object, decades: float) -> None:
-    """Log-scale y with plain-number ticks ("20", "400"), not "2x10^1"."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-    ax.yaxis.set_minor_formatter(FuncFormatter(_minor) if decades < 2 else NullFormatter())
-
-
-def _render(fig: Figure, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    # No creation date in the metadata, so re-rendering the same results gives the same file.
-    metadata = {"Date": None} if fmt == "svg" else {}
-    fig.savefig(buf, format=fmt, dpi=150, metadata=metadata)
-    return buf.getvalue()
-
-
 def write_plots(results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = PLOT_FORMATS) -> list[Path]:
     """One plot per model and perplexity dataset, and one zero-shot accuracy plot per model
     (where it has zero-shot results), in each of ``formats``; returns the paths."""
-    unknown = set(formats) - set(PLOT_FORMATS)
-    if unknown:
-        raise ValueError(f"unknown plot format(s) {sorted(unknown)}: use png or svg")
+    check_plot_formats(formats)
     written: list[Path] = []
     datasets = [c[len(PPL_PREFIX):] for c in results.columns if c.startswith(PPL_PREFIX)]
     for model in results["model"].drop_duplicates():
@@ -183,9 +153,9 @@ def write_plots(results: pd.DataFrame, out_dir: Path, formats: Sequence[str] = P
             if fig is None:
                 continue
             for fmt in formats:
-                written.append(atomic_write_bytes(plot_path(out_dir, model, dataset, fmt), _render(fig, fmt)))
+                written.append(atomic_write_bytes(plot_path(out_dir, model, dataset, fmt), render(fig, fmt)))
         fig = acc_vs_bits_figure(results, model)
         if fig is not None:
             for fmt in formats:
-                written.append(atomic_write_bytes(acc_plot_path(out_dir, model, fmt), _render(fig, fmt)))
+                written.append(atomic_write_bytes(acc_plot_path(out_dir, model, fmt), render(fig, fmt)))
     return written

@@ -35,7 +35,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report.display import markdown_table
 from harness.report.frames import model_label, to_float
-from harness.report.plots import _MARKERS, _log_y, _render, _safe
+from harness.report.style import fmt_bits, fmt_ppl, log_y, marker, reference_linestyle, render, safe_name
 from harness.report.repeats import repeat_group
 from harness.store import ResultStore, atomic_write_bytes, atomic_write_text
 
@@ -62,7 +62,7 @@ class Sweep:
     def stem(self) -> str:
         """``sweep_<method>_<x>[_by_<lines>]`` (file-name safe)."""
         name = f"sweep_{self.method}_{self.x}" + (f"_by_{self.lines}" if self.lines else "")
-        return _safe(name)
+        return safe_name(name)
 
 
 def as_sweeps(items: Iterable[Any]) -> list[Sweep]:
@@ -208,12 +208,6 @@ def _series_label(sweep: Sweep, lines: Any, series: str) -> str:
     return ", ".join(parts) or sweep.method
 
 
-def _fmt_ppl(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.2f}"
-
-
 def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) -> str:
     """Per model and dataset a grid (x down, series across) of ``ppl (bits_paper)``, then the baselines."""
     title = f"# Sweep: {sweep.method} perplexity vs `{sweep.x}`" + (f" by `{sweep.lines}`" if sweep.lines else "")
@@ -232,8 +226,8 @@ def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) 
                 label = _series_label(sweep, row["lines"], row["series"])
                 header += [label] if label not in header else []
                 std = row[_std(column)]
-                spread = (f" ± {std:.2f}" if math.isfinite(std) else "") + f" (n={row['n']})" if row["n"] > 1 else ""
-                cell = f"{_fmt_ppl(row[column])}{spread} ({row['bits_paper']:.3f})"
+                spread = (f" ± {fmt_ppl(std)}" if math.isfinite(std) else "") + f" (n={row['n']})" if row["n"] > 1 else ""
+                cell = f"{fmt_ppl(row[column])}{spread} ({fmt_bits(row['bits_paper'], missing='nan')})"
                 grid.setdefault(row["x"], {})[label] = cell
             xs = sorted(grid, key=_order)  # numeric x in numeric order, whatever the series hold
             table = pd.DataFrame([{sweep.x: str(x), **{h: grid[x].get(h, "-") for h in header}} for x in xs],
@@ -242,7 +236,7 @@ def sweep_markdown(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep) 
             base = baselines[(baselines["model"] == model)] if not baselines.empty else baselines
             if column in base and not base.empty:
                 parts += ["Baselines: " + "; ".join(
-                    f"{b['label']} {_fmt_ppl(b[column])} ({b['bits']:.3f} bits)" for b in base.to_dict("records")) + ".", ""]
+                    f"{b['label']} {fmt_ppl(b[column])} ({fmt_bits(b['bits'], missing='nan')} bits)" for b in base.to_dict("records")) + ".", ""]
     return "\n".join(parts)
 
 
@@ -267,20 +261,20 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
     for i, ((lines, variant), group) in enumerate(series):
         group = group.sort_values("x", key=_sort_key)
         label = _series_label(sweep, lines, variant)
-        marker = _MARKERS[i % len(_MARKERS)]
+        symbol = marker(i)
         std = group[_std(column)] if _std(column) in group else None
         if numeric:
             positions = group["x"].astype(float)
-            style = dict(marker=marker, linewidth=1.5)
+            style = dict(marker=symbol, linewidth=1.5)
         else:  # categories side by side, each series nudged so equal values do not hide each other
             positions = [xs.index(x) + (i - (len(series) - 1) / 2) * 0.08 for x in group["x"]]
-            style = dict(marker=marker, linestyle="none", markersize=8)
+            style = dict(marker=symbol, linestyle="none", markersize=8)
         if std is not None and std.notna().any():  # ± the standard deviation over seeds
             legend.append((ax_x.errorbar(positions, group[column], yerr=std.fillna(0.0), capsize=3, **style), label))
         else:
             legend.append((ax_x.plot(positions, group[column], **style)[0], label))
         if ax_bits is not None:
-            ax_bits.plot(group["bits_paper"], group[column], marker=marker, linewidth=1.0 if numeric else 0,
+            ax_bits.plot(group["bits_paper"], group[column], marker=symbol, linewidth=1.0 if numeric else 0,
                          linestyle="-" if numeric else "none", label=label)
     top = float(rows["bits_paper"].max())
     lo, hi = float(rows[column].min()) / 1.5, float(rows[column].max()) * 1.5
@@ -289,11 +283,11 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
         value = float(b[column])
         b["seeds"] = f" (mean of {b['n']} seeds)" if b["n"] > 1 else ""
         if not lo <= value <= hi:  # far off (e.g. the unquantized model): named in the legend only
-            legend.append((ax_x.plot([], [], linestyle="none")[0], f"{b['label']}: {value:.2f}{b['seeds']} (off the axes)"))
+            legend.append((ax_x.plot([], [], linestyle="none")[0], f"{b['label']}: {fmt_ppl(value)}{b['seeds']} (off the axes)"))
             continue
         shown.append(value)
-        style = dict(color="0.3", linestyle=("--", ":", "-.")[j % 3], linewidth=1.1)
-        legend.append((ax_x.axhline(value, **style), f"{b['label']}: {value:.2f}{b['seeds']}"))
+        style = dict(color="0.3", linestyle=reference_linestyle(j), linewidth=1.1)
+        legend.append((ax_x.axhline(value, **style), f"{b['label']}: {fmt_ppl(value)}{b['seeds']}"))
         if ax_bits is None:
             continue
         if math.isfinite(b["bits"]) and b["bits"] <= 2 * top:  # a quantized baseline: a point at its bits
@@ -307,7 +301,7 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
     axes = [ax for ax in (ax_x, ax_bits) if ax is not None]
     if values.max() / values.min() > 5:
         for ax in axes:
-            _log_y(ax, math.log10(values.max() / values.min()))
+            log_y(ax, math.log10(values.max() / values.min()))
     dataset = column[len(PPL):]
     ax_x.set_xlabel(sweep.x)
     ax_x.set_ylabel(f"perplexity on {dataset} (lower is better)")
@@ -342,7 +336,7 @@ def write_sweeps(store: ResultStore, sweeps: Sequence[Sweep], *, plots: Sequence
                 fig = sweep_figure(points, baselines, sweep, model, column)
                 if fig is None:
                     continue
-                name = f"{sweep.stem}_{_safe(model)}_{_safe(column[len(PPL):])}"
+                name = f"{sweep.stem}_{safe_name(model)}_{safe_name(column[len(PPL):])}"
                 for fmt in plots:
-                    written.append(atomic_write_bytes(store.plots_dir / f"{name}.{fmt}", _render(fig, fmt)))
+                    written.append(atomic_write_bytes(store.plots_dir / f"{name}.{fmt}", render(fig, fmt)))
     return written
