@@ -17,7 +17,6 @@ Markdown and LaTeX merge them into the main column, see :mod:`harness.report.tab
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.stats import perplexity_interval
+from harness.record import CellRecord
 
 PPL_PREFIX = "ppl:"
 PPL_STD, PPL_LO, PPL_HI = "ppl_std:", "ppl_lo:", "ppl_hi:"
@@ -37,8 +37,6 @@ TOK_PREFIX, TOK_MIN, TOK_MAX = "tok/s:", "tok/s_min:", "tok/s_max:"
 #: Auxiliary column prefix -> the main column prefix it qualifies.
 AUX_PREFIXES = {PPL_STD: PPL_PREFIX, PPL_LO: PPL_PREFIX, PPL_HI: PPL_PREFIX, ACC_STD: ACC_PREFIX,
                 ACC_SE: ACC_PREFIX, TOK_MIN: TOK_PREFIX, TOK_MAX: TOK_PREFIX, BPB_STD: BPB_PREFIX}
-#: Parts of a record's cell that do not make it a different configuration.
-_NOT_CONFIG = {"suite", "save_model", "stand_in", "base_seed", "seed"}
 
 
 def record_seed(record: dict[str, Any]) -> int | None:
@@ -50,23 +48,10 @@ def record_seed(record: dict[str, Any]) -> int | None:
     return int(seed) if seed is not None else None
 
 
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    return value
-
-
 def repeat_group(record: dict[str, Any]) -> str:
-    """Records with equal groups are repeats of one configuration with other seeds: the cell
-    config without the seeds (None-valued fields count as absent, as in the cell key). A record
-    without its cell config is a group of its own."""
-    cell = record.get("cell")
-    if not isinstance(cell, dict):
-        return "key:" + str(record.get("key"))
-    config = {k: v for k, v in cell.items() if k not in _NOT_CONFIG}
-    if isinstance(config.get("calibration"), dict):
-        config["calibration"] = {k: v for k, v in config["calibration"].items() if k != "seed"}
-    return json.dumps(_drop_none(config), sort_keys=True, separators=(",", ":"))
+    """Records with equal groups are repeats of one configuration with other seeds
+    (:attr:`harness.record.CellRecord.repeat_group`)."""
+    return CellRecord.load(record).repeat_group
 
 
 def window_nll(record: dict[str, Any], dataset: str) -> list[float] | None:
