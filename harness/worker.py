@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     store = ResultStore(args.results_dir)
-    cell = Cell.model_validate(json.loads(cell_spec_path(store, args.key).read_text()))
+    cell = Cell.model_validate(json.loads(store.cell_spec_path(args.key).read_text()))
     log_path = store.log_path(args.key)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(log_path, mode="a"), logging.StreamHandler(sys.stderr)]
@@ -38,10 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {"type": args.executor, "attempt": args.attempt, "attempt_id": args.attempt_id, "host": platform.node()}
     record = run_cell(cell, store, progress=not args.no_progress, base_dir=args.base_dir, provenance=provenance)
     return 0 if record["status"] == "ok" else 1
-
-
-def cell_spec_path(store: ResultStore, key: str) -> Path:
-    return store.root / "cells" / f"{key}.json"
 
 
 if __name__ == "__main__":

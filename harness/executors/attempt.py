@@ -21,7 +21,6 @@ from typing import Any
 from harness.runner import failed_record, record_failure
 from harness.store import ResultStore, atomic_write_json
 from harness.suite import Cell
-from harness.worker import cell_spec_path
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def run_attempt(
     store = ResultStore(results_dir)
     cell = Cell.model_validate(cell_json)
     attempt_id = uuid.uuid4().hex
-    atomic_write_json(cell_spec_path(store, cell.key), cell_json)
+    atomic_write_json(store.cell_spec_path(cell.key), cell_json)
     cmd = [
         sys.executable, "-m", "harness.worker", str(store.root), cell.key,
         "--executor", executor, "--attempt", str(attempt), "--attempt-id", attempt_id,

@@ -40,7 +40,7 @@ def import_submitit() -> Any:
 
 
 def slurm_folder(spec: ExecutorSpec, store: ResultStore) -> Path:
-    return Path(spec.slurm_folder).expanduser() if spec.slurm_folder else store.root / "slurm"
+    return Path(spec.slurm_folder).expanduser() if spec.slurm_folder else store.slurm_dir
 
 
 class SlurmBackend:

@@ -204,6 +204,24 @@ def _check_tasks(tasks: list[str], path: Path) -> None:
     )
 
 
+def _check_evaluations(spec: EvaluationsSpec, path: Path) -> None:
+    """Plugin evaluation blocks name a registered evaluation and fit its `Config`."""
+    from harness.evaluations import get_evaluation, resolve_evaluations
+
+    for name, block in spec.plugins.items():
+        try:
+            resolve_evaluations(EvaluationsSpec.model_validate({name: block}))
+        except ValidationError as exc:
+            details = "; ".join(f"`{_format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
+            cls = get_evaluation(name)
+            raise SuiteError(
+                f"{path}: field `evaluations.{name}`: invalid settings — {details}. The settings are the fields of "
+                f"{cls.__module__}.{cls.Config.__name__}."
+            ) from exc
+        except ValueError as exc:  # an unknown name (with close names) or an automatic evaluation
+            raise SuiteError(f"{path}: field `evaluations.{name}`: {exc}") from exc
+
+
 def _check_duplicate_models(suite: Suite, path: Path) -> None:
     """A model listed twice (same id and revision) would run every cell twice under one name."""
     seen: dict[tuple[str, str | None], int] = {}
@@ -248,6 +266,7 @@ def _check_references(suite: Suite, path: Path) -> None:
             _check_dataset(ds, f"evaluations.perplexity.datasets[{i}]", path)
     if suite.evaluations.zero_shot is not None:
         _check_tasks(suite.evaluations.zero_shot.tasks, path)
+    _check_evaluations(suite.evaluations, path)
     _check_duplicate_models(suite, path)
     for i, entry in enumerate(suite.methods):
         _resolve_entry(entry, f"{path}: field `methods[{i}]`")
@@ -321,6 +340,8 @@ def _entry_cells(
     suite: Suite, i: int, entry: MethodEntry, model: ModelSpec, suite_path: str | os.PathLike
 ) -> list[Cell]:
     """The cells of method line `i` on one model: one per budget and seed."""
+    from harness.evaluations import resolve_evaluations
+
     method = get_method(entry.name)
     cells = []
     for budget, params in _resolve_entry(entry, f"{suite_path}: field `methods[{i}]`"):
@@ -341,7 +362,7 @@ def _entry_cells(
                 budget=budget,
                 params=params,
                 calibration=calibration,
-                evaluations=suite.evaluations,
+                evaluations=resolve_evaluations(suite.evaluations),
                 seed=seed,
                 device=suite.device,
                 dtype=suite.dtype,

@@ -144,10 +144,47 @@ class ZeroShotSpec(_Strict):
         return int(v) if isinstance(v, float) and v >= 1 else v
 
 
-class EvaluationsSpec(_Strict):
+class EvaluationsSpec(BaseModel):
+    """The evaluations of every cell: the built-in blocks below, plus one block per registered
+    evaluation plugin (`harness.evaluations`), under its name, e.g. `mean_logit: {windows: 4}`.
+
+    A plugin block is kept here as a plain mapping (validation stays pure); `harness.suite`
+    checks the name and validates the block with the plugin's `Config`. A block set to null is
+    dropped, so it adds nothing to the cell (or its key)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     perplexity: PerplexitySpec | None = Field(default_factory=PerplexitySpec)
     throughput: ThroughputSpec | None = None
     zero_shot: ZeroShotSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_blocks(cls, data: Any) -> Any:
+        """Plugin blocks are mappings under a plain name; null ones are dropped."""
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for name, block in data.items():
+            if name in cls.model_fields:
+                out[name] = block
+                continue
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w\-]*", name):
+                raise ValueError(f"evaluation name {name!r}: use a registered evaluation name such as perplexity")
+            if block is None:
+                continue
+            if not isinstance(block, dict):
+                raise ValueError(
+                    f"`{name}` must be a mapping of the evaluation's settings (`{name}: {{}}` for its defaults), "
+                    f"not {type(block).__name__}"
+                )
+            out[name] = block
+        return out
+
+    @property
+    def plugins(self) -> dict[str, dict[str, Any]]:
+        """The plugin blocks by evaluation name, in suite order (the built-in fields excluded)."""
+        return dict(self.model_extra or {})
 
 
 class FinetuneE2ESpec(_Strict):

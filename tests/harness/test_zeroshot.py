@@ -105,7 +105,8 @@ def _cell(tiny_llama_dir: Path, text_file: Path, tasks: list[str]):
 def test_hub_task_fails_fast_and_cell_is_recorded(tiny_llama_dir, eval_text_file, tmp_path) -> None:
     """Acceptance: with the hub blocked (tests run offline), `piqa` gets a clear error within
     30 s, the pack task and the cell's other metrics are still recorded, and the cell is ok."""
-    from harness.runner import run_cell, zeroshot_cache_dir
+    from harness.evaluations.zero_shot import zeroshot_cache_dir
+    from harness.runner import run_cell
     from harness.store import ResultStore
 
     store = ResultStore(tmp_path)
