@@ -59,6 +59,10 @@ CASES = {
                          ["methods[0].budgets", "listed twice in [4, 3, 4]", "each budget once"]),
     "duplicate_method_line": ("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}, {name: rtn, budgets: [3, 4]}]\n",
                               ["methods[1]", "`methods[0]` already defines", "budget 4", "distinct `label`"]),
+    "unknown_evaluation": (VALID + "evaluations: {perplexty: {}}\n",
+                           ["`evaluations.perplexty`", "unknown evaluation 'perplexty'", "'perplexity'", "harness.evaluations"]),
+    "automatic_evaluation_named": (VALID + "evaluations: {agreement: {}}\n", ["`evaluations.agreement`", "every quantized cell"]),
+    "evaluation_block_not_mapping": (VALID + "evaluations: {mean_logit: 3}\n", ["`evaluations`", "mean_logit", "mapping"]),
     "not_a_mapping": ("- just\n- a list\n", ["YAML mapping"]),
     "bad_yaml": ("name: t\nmodels: [smollm2-135m\nmethods: x\n", ["not valid YAML"]),
 }
