@@ -192,11 +192,11 @@ def report(
             load_claims(path)  # a bad file given here is an error (saved suites' files only warn)
     claim_files = list(dict.fromkeys(claims or [c for r in saved for c in r.claims]))
     if layout == "paper":
-        from harness.report.paper import write_paper_tables
+        from harness.report.paper import paper_methods, write_paper_tables
         from harness.report.reference import load_reference
 
         ref = load_reference(reference) if reference else None
-        paths = write_paper_tables(store, reference=ref, metric=zero_shot_metric)
+        paths = write_paper_tables(store, reference=ref, metric=zero_shot_metric, methods=paper_methods(saved))
         paths += write_compare_tables(store, pairs)
         if sweeps:
             from harness.report.sweeps import write_sweeps

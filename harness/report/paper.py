@@ -8,6 +8,12 @@ tasks first) and their average. Zero-shot results are read from `metrics.zero_sh
 them just leave those cells empty. The average is recomputed over the shown tasks with the
 chosen metric, and only for rows that have all of them.
 
+Rows: per model the unquantized reference first, then by the paper's bits descending; rows of
+equal bits in the order of the suite's `report.paper.methods` (`{method: name shown}`, by
+default :data:`PAPER_METHODS`: Unquantized, RTN, GPTQ, AQLM, CRVQ), methods not listed there
+after them, alphabetically. A method label listed there is shown by its name (`rtn` -> `RTN`);
+other labels (e.g. `aqlm-harness`) as they are.
+
 Repeats of one configuration with other seeds (`seeds:` in the suite; grouped as in the results
 table, :func:`harness.report.repeats.repeat_group`) are one row: the mean over seeds, shown as
 `mean ± std` with the number of seeds in an `n` column (`std:<column>` holds the standard
@@ -21,7 +27,7 @@ block. Sources are listed under the Markdown table and as comments in the LaTeX.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +39,16 @@ from harness.report.reference import Reference, ReferenceEntry
 from harness.report.repeats import record_seed, repeat_group
 from harness.report.style import BITS_SPEC, PPL_SPEC, fmt_cell, is_missing
 from harness.store import ResultStore, atomic_write_text
+from harness.suite.schema import PAPER_METHODS
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 
-__all__ = ["PAPER_TASKS", "paper_frame", "paper_latex", "paper_markdown", "write_paper_tables"]
+__all__ = ["PAPER_METHODS", "PAPER_TASKS", "paper_frame", "paper_latex", "paper_markdown", "paper_methods",
+           "write_paper_tables"]
 
 PAPER_DATASETS = ("wikitext2", "c4", "ptb")
 _TASK_HEADERS = {"winogrande": "WinoGrande", "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-e",
                  "arc_challenge": "ARC-c", "boolq": "BoolQ"}
 _DATASET_HEADERS = {"wikitext2": "Wiki2", "c4": "C4", "ptb": "PTB"}
-_METHOD_NAMES = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
-_METHOD_ORDER = {"none": 0, "rtn": 1, "gptq": 2, "aqlm": 3, "crvq": 4}
 PPL, ZS, AVG, STD = "ppl:", "zs:", "zs:avg", "std:"
 METRICS = ("acc", "acc_norm")
 
@@ -69,9 +75,18 @@ def _ordered(found: Iterable[str], first: Sequence[str]) -> list[str]:
     return [x for x in first if x in found] + [x for x in found if x not in first]
 
 
-def _method_name(record: dict[str, Any]) -> str:
+def _method_name(record: dict[str, Any], methods: Mapping[str, str]) -> str:
     label = str(record.get("method_label") or record.get("method"))
-    return _METHOD_NAMES.get(label, label)
+    return methods.get(label, label)
+
+
+def paper_methods(specs: Iterable[Any] = ()) -> dict[str, str]:
+    """The layout's ``{method: name shown}`` in row order: ``report.paper.methods`` of the first
+    of ``specs`` (suites' ``ReportSpec``) that sets it, else :data:`PAPER_METHODS`."""
+    for spec in specs:
+        if "paper" in spec.model_fields_set and "methods" in spec.paper.model_fields_set:
+            return dict(spec.paper.methods)
+    return dict(PAPER_METHODS)
 
 
 def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
@@ -91,14 +106,17 @@ def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict
 # --------------------------------------------------------------------------- the frame
 
 def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None = None, *,
-                metric: str = "acc") -> pd.DataFrame:
+                metric: str = "acc", methods: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The paper table as a frame: columns `model, method, kind, bits, stored_bits`, one
     `ppl:<dataset>` per dataset, one `zs:<task>` per task (percent) and `zs:avg`; with repeats
     over seeds also `n` and `std:<column>` per value column. `kind` is `result`, `published` or
-    `delta`; rows are grouped by model (unquantized first, then bits descending), each result
-    followed by its published and delta rows."""
+    `delta`; rows are grouped by model (unquantized first, then bits descending, then in the
+    order of ``methods`` (``{method: name shown}``, default :data:`PAPER_METHODS`; the methods
+    not in it after, alphabetically), each result followed by its published and delta rows."""
     if metric not in METRICS:
         raise ValueError(f"zero-shot metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    methods = dict(PAPER_METHODS if methods is None else methods)
+    order = {name: i for i, name in enumerate(methods)}
     ok = [r for r in records if r.get("status") == "ok"]
     entries = list(reference.entries) if reference else []
     found_tasks = [t for r in ok for t in _zero_shot(r)]
@@ -111,7 +129,7 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
 
     def result_row(r: dict[str, Any]) -> dict[str, Any]:
         m = r.get("metrics") or {}
-        row = {"model": model_label(r), "method": _method_name(r),
+        row = {"model": model_label(r), "method": _method_name(r, methods),
                "kind": "result", "bits": to_float(m.get("bits_paper")), "stored_bits": to_float(m.get("bits"))}
         for d, v in (m.get("perplexity") or {}).items():
             row[PPL + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
@@ -156,7 +174,7 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
     for model, members in groups.items():
         members.sort(key=lambda x: (not x[0].get("reference", x[0].get("method") == "none"),
                                     -(x[1]["bits"] if not math.isnan(x[1]["bits"]) else math.inf),
-                                    _METHOD_ORDER.get(str(x[0].get("method")), 9), x[1]["method"]))
+                                    order.get(str(x[0].get("method")), len(order)), x[1]["method"]))
         for record, row in members:
             rows.append(row)
             for i, e in enumerate(entries):
@@ -274,10 +292,11 @@ def paper_latex(frame: pd.DataFrame, *, metric: str = "acc", reference: Referenc
 
 
 def write_paper_tables(store: ResultStore, *, reference: Reference | None = None, metric: str = "acc",
+                       methods: Mapping[str, str] | None = None,
                        title: str | None = None, formats: Sequence[str] = ("markdown", "latex")) -> list[Path]:
     """Write `tables/paper.md` and `tables/paper.tex` under the store; returns the paths."""
     records = store.records()
-    frame = paper_frame(records, reference, metric=metric)
+    frame = paper_frame(records, reference, metric=metric, methods=methods)
     if title is None:
         suites = sorted({str(r["suite"]) for r in records if r.get("suite")})
         title = f"{', '.join(suites) or 'Results'} (paper layout)"

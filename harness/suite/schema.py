@@ -246,6 +246,24 @@ class SweepSpec(_Strict):
     lines: str | None = Field(None, description="a second parameter: one series per value, e.g. num_extended_codebooks")
 
 
+#: The paper layout's methods by default: {method: name in the table}, in the order of its rows.
+PAPER_METHODS = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
+
+
+class PaperSpec(_Strict):
+    """The paper layout (`harness report --layout paper`, `harness.report.paper`)."""
+
+    methods: dict[str, str] = Field(
+        default_factory=lambda: dict(PAPER_METHODS),
+        description=(
+            "{method: name shown} in row order: within a model, after the unquantized rows and by bits "
+            "descending, rows of equal bits follow this order (by the cell's method name); methods not "
+            "listed come after, alphabetically. A row whose method label is listed shows the name given, "
+            "e.g. {none: Unquantized, rtn: RTN, gptq: GPTQ, aqlm: AQLM, crvq: CRVQ} (the default)"
+        ),
+    )
+
+
 class ReportSpec(_Strict):
     tables: list[Literal["markdown", "latex", "csv"]] = Field(default_factory=lambda: ["markdown", "latex", "csv"])
     plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
@@ -261,6 +279,7 @@ class ReportSpec(_Strict):
         default_factory=list,
         description="claims files checked against the results (`harness verify`): tables/claims.{md,csv}, e.g. [suites/claims/crvq.yaml]",
     )
+    paper: PaperSpec = Field(default_factory=PaperSpec, description="the paper layout's method names and order")
 
 
 ExecutorType = Literal["local", "ray", "slurm"]

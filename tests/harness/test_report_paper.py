@@ -166,3 +166,34 @@ def test_seeds_of_one_configuration_are_one_row_with_mean_and_std():
     assert r"8.50 $\pm$ 0.50" in tex and "std:" not in tex
     # without repeats the frame has no n or std columns
     assert "n" not in paper_frame(records[:2]).columns
+
+
+def test_method_names_and_order_come_from_the_config():
+    def at(key: str, method: str, label: str | None = None) -> dict:  # every row at the same bits
+        return _record(key, method, bits=2.0, ppl={"c4": 9.0}, label=label)
+
+    records = [at("q", "quip"), at("c", "crvq"), at("a", "aqlm"), at("h", "aqlm", "aqlm-harness"), at("b", "awq"),
+               at("g", "gptq"), _record("ref", "none", bits=16.0, ppl={"c4": 5.0})]
+    # the default: the papers' names and order, the other methods after, alphabetically by their label
+    frame = paper_frame(records)
+    assert list(frame["method"]) == ["Unquantized", "GPTQ", "AQLM", "aqlm-harness", "CRVQ", "awq", "quip"]
+    frame = paper_frame(records, methods={"crvq": "CRVQ (ours)", "quip": "QuIP#", "aqlm": "AQLM"})
+    assert list(frame["method"]) == ["none", "CRVQ (ours)", "QuIP#", "AQLM", "aqlm-harness", "awq", "gptq"]
+
+
+def test_cli_takes_the_paper_methods_from_the_suite_copy(tmp_path):
+    from harness.report.paper import PAPER_METHODS, paper_methods
+    from harness.suite import ReportSpec
+
+    assert paper_methods([ReportSpec()]) == PAPER_METHODS
+    assert list(paper_methods([ReportSpec(), ReportSpec.model_validate({"paper": {"methods": {"crvq": "C"}}})])) == ["crvq"]
+    store = ResultStore(tmp_path / "res")
+    for key, method in (("a", "aqlm"), ("c", "crvq")):
+        store.put(_record(key, method, bits=2.0, ppl={"c4": 9.0}))
+    (store.root / "suites").mkdir(exist_ok=True)
+    (store.root / "suites" / "demo.yaml").write_text("report:\n  paper:\n    methods: {crvq: CRVQ (ours), aqlm: AQLM}\n")
+    proc = subprocess.run([sys.executable, "-m", "harness", "report", str(store.root), "--layout", "paper", "--no-html"],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    md = (store.root / "tables" / "paper.md").read_text()
+    assert md.index("| CRVQ (ours) |") < md.index("| AQLM |")
