@@ -8,28 +8,13 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from harness.quantizer import LayerStats, QuantContext
+from harness.quantizer import LayerStats
 from harness.plugin import relative_output_error
 from harness.registry import get_method
 from methods.aqlm import AQLMConfig, AQLMLinear, AQLMQuantizer
 from methods.aqlm.config import PAPER_2BIT_1X16
 from tests.methods.aqlm.layer_reference import REFERENCE_REL_ERROR, REFERENCE_SECONDS
-
-
-def _ctx(name: str = "blk.0.proj", seed: int = 0) -> QuantContext:
-    return QuantContext(layer_name=name, block_index=0, generator=torch.Generator().manual_seed(seed), progress=False)
-
-
-def _linear(out: int = 32, inp: int = 64, bias: bool = True) -> nn.Linear:
-    torch.manual_seed(0)  # test-only: nn.Linear's own init
-    return nn.Linear(inp, out, bias=bias)
-
-
-def _stats(inp: int = 64) -> LayerStats:
-    g = torch.Generator().manual_seed(1)
-    scale = torch.rand(inp, 1, generator=g, dtype=torch.float64) + 0.2
-    X = torch.randn(inp, 512, generator=g, dtype=torch.float64) * scale
-    return LayerStats(H=X @ X.T / 512, num_samples=512)
+from tests.fixtures.quantizer_inputs import layer_ctx, layer_stats, seeded_linear
 
 
 def test_registered_with_presets():
@@ -55,7 +40,7 @@ def test_config_rejects_bad_params(params):
 
 
 def test_quantize_linear_returns_a_packed_layer_and_logs():
-    linear, stats, ctx = _linear(), _stats(), _ctx()
+    linear, stats, ctx = seeded_linear(), layer_stats(), layer_ctx()
     cfg = AQLMConfig(nbits_per_codebook=6, max_epochs=4, steps_per_epoch=10, relative_mse_tolerance=0.0)
     layer = AQLMQuantizer(cfg).quantize_linear(linear, stats, ctx)
     assert isinstance(layer, AQLMLinear) and layer.compute_path == "aqlm-lookup"
@@ -71,8 +56,8 @@ def test_quantize_linear_returns_a_packed_layer_and_logs():
 
 def test_quantize_linear_is_deterministic():
     cfg = AQLMConfig(num_codebooks=2, nbits_per_codebook=4, max_epochs=3, steps_per_epoch=10)
-    a = AQLMQuantizer(cfg).quantize_linear(_linear(), _stats(), _ctx(seed=3))
-    b = AQLMQuantizer(cfg).quantize_linear(_linear(), _stats(), _ctx(seed=3))
+    a = AQLMQuantizer(cfg).quantize_linear(seeded_linear(), layer_stats(), layer_ctx(seed=3))
+    b = AQLMQuantizer(cfg).quantize_linear(seeded_linear(), layer_stats(), layer_ctx(seed=3))
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
 
@@ -80,15 +65,15 @@ def test_quantize_linear_is_deterministic():
 def test_quantize_linear_errors_name_the_layer():
     q = AQLMQuantizer(AQLMConfig(in_group_size=7))
     with pytest.raises(ValueError, match="blk.0.proj.*in_group_size"):
-        q.quantize_linear(_linear(), _stats(), _ctx())
+        q.quantize_linear(seeded_linear(), layer_stats(), layer_ctx())
     with pytest.raises(ValueError, match="no calibration"):
-        AQLMQuantizer(AQLMConfig()).quantize_linear(_linear(), None, _ctx())
+        AQLMQuantizer(AQLMConfig()).quantize_linear(seeded_linear(), None, layer_ctx())
 
 
 def test_finetune_block_is_a_no_op_when_off():
     quantizer = AQLMQuantizer(AQLMConfig())  # finetune defaults to False
     assert not quantizer.finetunes_blocks()
-    assert quantizer.finetune_block(nn.Identity(), None, None, _ctx()) is None
+    assert quantizer.finetune_block(nn.Identity(), None, None, layer_ctx()) is None
 
 
 def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):
@@ -100,7 +85,7 @@ def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):
         linear.weight.copy_(W)
     cfg = AQLMConfig(num_codebooks=1, nbits_per_codebook=8, in_group_size=8, lr=1e-4, steps_per_epoch=100,
                      max_epochs=50, relative_mse_tolerance=0.01)
-    ctx = _ctx("model.layers.10.self_attn.q_proj")
+    ctx = layer_ctx("model.layers.10.self_attn.q_proj")
     start = time.perf_counter()
     layer = AQLMQuantizer(cfg).quantize_linear(linear, LayerStats(H, n), ctx)
     seconds = time.perf_counter() - start
@@ -128,7 +113,7 @@ def test_transformers_loads_the_exported_checkpoint(tmp_path):
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and name.startswith("model.layers"):
             H = torch.eye(module.in_features, dtype=torch.float64)
-            model.set_submodule(name, q.quantize_linear(module, LayerStats(H, 1), _ctx(name)))
+            model.set_submodule(name, q.quantize_linear(module, LayerStats(H, 1), layer_ctx(name)))
     qconfig = export_aqlm_checkpoint(model, tmp_path, dtype=torch.float32)
     assert qconfig["num_codebooks"] == 2 and "lm_head" in qconfig["linear_weights_not_to_quantize"]
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()

@@ -9,12 +9,13 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from harness.quantizer import LayerStats, QuantContext
+from harness.quantizer import LayerStats
 from harness.plugin import relative_output_error
 from harness.registry import get_method
-from methods.aqlm import AQLMConfig, AQLMLinear, AQLMQuantizer
+from methods.aqlm import AQLMConfig, AQLMLinear
 from methods.crvq import CRVQConfig, CRVQLinear, CRVQQuantizer
 from methods.crvq.config import shared_field_names
+from tests.fixtures.quantizer_inputs import layer_ctx, layer_stats, seeded_linear
 
 #: Layer reference (issue CRVQ, P4): the published CRVQ algorithm, default configuration
 #: (1x8 g8 basic + 3 extended 8-bit codebooks on 2% of the channels, `wa` importance), no
@@ -28,21 +29,9 @@ SMALL = {"nbits": 6, "extended_nbits": 6, "num_extended_codebooks": 2, "critical
          "max_epochs": 3, "steps_per_epoch": 10, "kmeans_iters": 10, "importance_kmeans_iters": 5}
 
 
-def _ctx(name: str = "blk.0.proj", seed: int = 0) -> QuantContext:
-    return QuantContext(layer_name=name, block_index=0, generator=torch.Generator().manual_seed(seed), progress=False)
-
-
-def _linear(out: int = 32, inp: int = 64, bias: bool = True) -> nn.Linear:
-    torch.manual_seed(0)  # test-only: nn.Linear's own init
-    return nn.Linear(inp, out, bias=bias)
-
-
 def _stats(inp: int = 64) -> LayerStats:
-    g = torch.Generator().manual_seed(1)
-    scale = torch.rand(inp, 1, generator=g, dtype=torch.float64) + 0.2
-    scale[3] *= 10.0
-    X = torch.randn(inp, 512, generator=g, dtype=torch.float64) * scale
-    return LayerStats(H=X @ X.T / 512, num_samples=512)
+    """`layer_stats` with input channel 3 ten times louder than the others' scale."""
+    return layer_stats(inp, loud_channel=3)
 
 
 def test_registered_with_the_paper_preset():
@@ -86,7 +75,7 @@ def test_extended_nbits_list():
 
 
 def test_quantize_linear_returns_a_crvq_layer_and_logs():
-    linear, stats, ctx = _linear(), _stats(), _ctx()
+    linear, stats, ctx = seeded_linear(), _stats(), layer_ctx()
     layer = CRVQQuantizer(CRVQConfig(**SMALL)).quantize_linear(linear, stats, ctx)
     assert isinstance(layer, CRVQLinear) and layer.n_crit == 1 and layer.extended_nbits == [6, 6]
     (entry,) = ctx.log
@@ -104,9 +93,10 @@ def test_quantize_linear_returns_a_crvq_layer_and_logs():
 
 
 def test_narrow_layer_falls_back_to_plain_vq_and_says_so(caplog):
-    ctx = _ctx()
+    ctx = layer_ctx()
     with caplog.at_level("INFO"):
-        layer = CRVQQuantizer(CRVQConfig(**{**SMALL, "critical_ratio": 0.02})).quantize_linear(_linear(), _stats(), ctx)
+        quantizer = CRVQQuantizer(CRVQConfig(**{**SMALL, "critical_ratio": 0.02}))
+        layer = quantizer.quantize_linear(seeded_linear(), _stats(), ctx)
     assert type(layer) is AQLMLinear and layer.num_codebooks == 1
     assert ctx.log[0]["fallback"] is True and ctx.log[0]["n_crit"] == 0 and "importance_scores" not in ctx.log[0]
     assert "plain" in caplog.text and "blk.0.proj" in caplog.text
@@ -114,22 +104,22 @@ def test_narrow_layer_falls_back_to_plain_vq_and_says_so(caplog):
 
 def test_quantize_linear_is_deterministic():
     cfg = CRVQConfig(**SMALL)
-    a = CRVQQuantizer(cfg).quantize_linear(_linear(), _stats(), _ctx(seed=3))
-    b = CRVQQuantizer(cfg).quantize_linear(_linear(), _stats(), _ctx(seed=3))
+    a = CRVQQuantizer(cfg).quantize_linear(seeded_linear(), _stats(), layer_ctx(seed=3))
+    b = CRVQQuantizer(cfg).quantize_linear(seeded_linear(), _stats(), layer_ctx(seed=3))
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
 
 
 def test_errors_name_the_layer():
     with pytest.raises(ValueError, match="blk.0.proj.*in_group_size"):
-        CRVQQuantizer(CRVQConfig(in_group_size=7)).quantize_linear(_linear(), _stats(), _ctx())
+        CRVQQuantizer(CRVQConfig(in_group_size=7)).quantize_linear(seeded_linear(), _stats(), layer_ctx())
     with pytest.raises(ValueError, match="no calibration"):
-        CRVQQuantizer(CRVQConfig()).quantize_linear(_linear(), None, _ctx())
+        CRVQQuantizer(CRVQConfig()).quantize_linear(seeded_linear(), None, layer_ctx())
 
 
 def test_bits_for_shape_matches_the_quantized_layer():
     q = CRVQQuantizer(CRVQConfig(**SMALL))
-    layer = q.quantize_linear(_linear(), _stats(), _ctx())
+    layer = q.quantize_linear(seeded_linear(), _stats(), layer_ctx())
     assert q.bits_for_shape(32, 64) == pytest.approx((layer.formula_bits(), layer.paper_bits()), rel=1e-12)
     bits, paper = CRVQQuantizer(CRVQConfig()).bits_for_shape(576, 576)
     assert paper == pytest.approx(1.464506, abs=1e-6) and bits == pytest.approx(paper + 10 / 576, rel=1e-12)
@@ -175,7 +165,7 @@ def test_layer_reference_beats_the_published_algorithm(aqlm_layer_reference):
     linear = nn.Linear(W.shape[1], W.shape[0], bias=False)
     with torch.no_grad():
         linear.weight.copy_(W)
-    ctx = _ctx("model.layers.10.self_attn.q_proj")
+    ctx = layer_ctx("model.layers.10.self_attn.q_proj")
     start = time.perf_counter()
     layer = CRVQQuantizer(CRVQConfig()).quantize_linear(linear, LayerStats(H, n), ctx)
     seconds = time.perf_counter() - start
