@@ -75,8 +75,11 @@ class QuantizedLinear(nn.Module, ABC):
     `forward(x)` with x [..., in] -> [..., out] in x's dtype; `dequantize()` -> dense weight
     [out, in] float32; `stored_tensors()` -> every tensor the format stores with its bit width
     (bias excluded: it is counted in model bits); `formula_bits()` -> the method's closed-form
-    bits per weight; `layer_config()` -> JSON-able kwargs such that
-    `cls.from_layer_config(cfg)` builds an empty layer whose `load_state_dict` restores it.
+    bits per weight; `format_config()` -> the JSON-able constructor kwargs of the format besides
+    `in_features`, `out_features` and `bias` (the default `layer_config` / `from_layer_config`
+    save and rebuild an empty layer from them, whose `load_state_dict` restores it).
+    `bits_per_weight(shape, config)` (a classmethod) is the format's closed form for a method
+    config without weights; `formula_bits()` and it share one formula.
 
     Compute path (for throughput records): `compute_path` names the layer's nominal path; a
     `forward` that dispatches between kernels (device, dtype, number of tokens) sets
@@ -114,14 +117,33 @@ class QuantizedLinear(nn.Module, ABC):
         """Bits per weight as the method's paper counts them (defaults to `formula_bits`)."""
         return self.formula_bits()
 
-    @abstractmethod
+    @classmethod
+    def bits_per_weight(cls, shape: tuple[int, int], config: MethodConfig) -> tuple[float, float]:
+        """Closed-form (bits, bits_paper) per weight of the [out, in] = `shape` layer a method with
+        `config` packs into this class, without weights: `formula_bits()` and `paper_bits()` of
+        such a layer. Raise ValueError when `config` cannot quantize the shape."""
+        raise NotImplementedError(f"{cls.__name__} has no closed-form bits (`bits_per_weight`)")
+
+    def format_config(self) -> dict[str, Any]:
+        """JSON-able constructor kwargs of the format besides in/out features and bias (e.g.
+        bits, group size): `cls(in_features, out_features, bias=..., **format_config())` builds
+        an empty layer with the right buffer shapes."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither `format_config` nor `layer_config`")
+
     def layer_config(self) -> dict[str, Any]:
-        """JSON-able constructor arguments for `from_layer_config`."""
+        """JSON-able constructor arguments for `from_layer_config` (stored with a saved model)."""
+        bias = None if self.bias is None else str(self.bias.dtype).removeprefix("torch.")
+        return {"in_features": self.in_features, "out_features": self.out_features, **self.format_config(),
+                "bias_dtype": bias}
 
     @classmethod
-    @abstractmethod
     def from_layer_config(cls, config: dict[str, Any]) -> "QuantizedLinear":
         """An empty layer with the right buffer shapes, to be filled by `load_state_dict`."""
+        cfg = dict(config)
+        bias_dtype = cfg.pop("bias_dtype", None)
+        in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")
+        bias = None if bias_dtype is None else torch.zeros(out_f, dtype=getattr(torch, bias_dtype))
+        return cls(in_f, out_f, bias=bias, **cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_path = "dequantize+matmul"
@@ -179,14 +201,18 @@ class Quantizer(ABC):
     Class attributes declare the method's needs:
       name: registry name (e.g. "rtn").
       Config: a `MethodConfig` subclass validated from the suite's `params`.
+      budget_presets: nominal bit budget -> params (what `presets` returns).
       requires_calibration: True if `quantize_linear` needs `LayerStats` (the engine then runs
         the sequential calibration pipeline); False for data-free methods such as RTN.
+      layer_class: the `QuantizedLinear` subclass it returns (its closed-form bits).
       modifies_weights: False only for the unquantized reference (`none`).
       required_packages: import names checked by `validate_environment`.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]]
+    #: The packed layer class `quantize_linear` returns; its `bits_per_weight` is `bits_for_shape`.
+    layer_class: ClassVar[type[QuantizedLinear] | None] = None
     requires_calibration: ClassVar[bool] = False
     modifies_weights: ClassVar[bool] = True
     required_packages: ClassVar[tuple[str, ...]] = ()
@@ -194,10 +220,21 @@ class Quantizer(ABC):
     def __init__(self, config: MethodConfig):
         self.config = config
 
+    #: Nominal bit budget -> params: the default `presets`.
+    budget_presets: ClassVar[dict[int, dict[str, Any]]] = {}
+    #: The end of the error for a budget without a preset (which explicit params to give).
+    preset_hint: ClassVar[str] = "give explicit `params`"
+
     @classmethod
     def presets(cls, budget: int) -> dict[str, Any]:
-        """Params for a nominal bit budget (1, 2, 3, 4). Raise ValueError for unsupported ones."""
-        raise ValueError(f"method '{cls.name}' defines no presets; give explicit `params`")
+        """Params for a nominal bit budget (1, 2, 3, 4, 8): a copy of `budget_presets[budget]`.
+        Raise ValueError for unsupported ones."""
+        if budget not in cls.budget_presets:
+            supported = ", ".join(map(str, cls.budget_presets)) or "none"
+            raise ValueError(
+                f"method '{cls.name}' has no preset for a {budget}-bit budget (supported: {supported}); {cls.preset_hint}"
+            )
+        return dict(cls.budget_presets[budget])
 
     @classmethod
     def default_label(cls, config: MethodConfig) -> str:
@@ -262,8 +299,10 @@ class Quantizer(ABC):
         computed without weights (for `harness bits` on shapes-only models): `bits` counts every
         stored tensor as `formula_bits()` of the packed layer does, `bits_paper` as the method's
         paper does (`paper_bits()`). Raise ValueError if the shape cannot be quantized (e.g. a
-        group size that does not divide `in_features`)."""
-        raise NotImplementedError(f"method '{self.name}' has no closed-form bits (`bits_for_shape`)")
+        group size that does not divide `in_features`). Default: `layer_class.bits_per_weight`."""
+        if self.layer_class is None:
+            raise NotImplementedError(f"method '{self.name}' has no closed-form bits (`bits_for_shape`)")
+        return self.layer_class.bits_per_weight((out_features, in_features), self.config)
 
     def flops_for_shape(self, out_features: int, in_features: int) -> float | None:
         """Expected floating-point operations of `quantize_linear` on an [out, in] linear under

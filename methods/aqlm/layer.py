@@ -179,23 +179,9 @@ class AQLMLinear(QuantizedLinear):
         layer.scales = scales.detach().to(torch.float16).cpu().contiguous()
         return layer
 
-    def layer_config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "in_group_size": self.in_group_size,
-            "nbits": list(self.nbits),
-            "groups": [None if g is None else list(g) for g in self.groups],
-            "bias_dtype": None if self.bias is None else str(self.bias.dtype).removeprefix("torch."),
-        }
-
-    @classmethod
-    def from_layer_config(cls, config: dict[str, Any]) -> "AQLMLinear":
-        cfg = dict(config)
-        bias_dtype = cfg.pop("bias_dtype", None)
-        in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")
-        bias = None if bias_dtype is None else torch.zeros(out_f, dtype=getattr(torch, bias_dtype))
-        return cls(in_f, out_f, bias=bias, **cfg)
+    def format_config(self) -> dict[str, Any]:
+        groups = [None if g is None else list(g) for g in self.groups]
+        return {"in_group_size": self.in_group_size, "nbits": list(self.nbits), "groups": groups}
 
     # --------------------------------------------------------------------------- weights
     def dequantize(self) -> torch.Tensor:
@@ -341,6 +327,17 @@ class AQLMLinear(QuantizedLinear):
             tensors.append(StoredTensor(f"codebook_{m}", self.codebook(m), 16))
         tensors.append(StoredTensor("scales", self.scales, 16))
         return tensors
+
+    @classmethod
+    def bits_per_weight(cls, shape: tuple[int, int], config: Any) -> tuple[float, float]:
+        """`aqlm_formula_bits` of `config.num_codebooks` x `config.nbits_per_codebook`-bit codebooks
+        over all groups of `config.in_group_size`; AQLM's paper counts the same."""
+        out_features, in_features = shape
+        if in_features % config.in_group_size:
+            raise ValueError(f"aqlm: in_group_size={config.in_group_size} does not divide in_features={in_features}")
+        nbits = [config.nbits_per_codebook] * config.num_codebooks
+        value = aqlm_formula_bits(out_features, in_features, config.in_group_size, nbits)
+        return value, value
 
     def formula_bits(self) -> float:
         """`aqlm_formula_bits` of this layer."""

@@ -13,7 +13,7 @@ from harness.plugin import LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, VARIANTS, AQLMConfig, variant_label
 from methods.aqlm.finetune import finetune_block as run_block_finetuning
-from methods.aqlm.layer import AQLMLinear, aqlm_formula_bits
+from methods.aqlm.layer import AQLMLinear
 
 logger = logging.getLogger(__name__)
 
@@ -25,37 +25,20 @@ class AQLMQuantizer(Quantizer):
 
     name: ClassVar[str] = "aqlm"
     Config: ClassVar[type[AQLMConfig]] = AQLMConfig
+    layer_class: ClassVar[type[AQLMLinear]] = AQLMLinear
     requires_calibration: ClassVar[bool] = True
+    #: Budget 1: 1 codebook x 8 bits, group 8. Budget 2: 2 x 8 bits, group 8 (the paper's
+    #: 1 x 16 bits is `methods.aqlm.config.PAPER_2BIT_1X16`, given as explicit params).
+    budget_presets: ClassVar[dict[int, dict[str, Any]]] = PRESETS
+    preset_hint: ClassVar[str] = "give explicit `params: {num_codebooks: ..., nbits_per_codebook: ..., in_group_size: ...}`"
+    variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
     config: AQLMConfig
 
     @classmethod
     def default_label(cls, config: AQLMConfig) -> str:
-        """`aqlm` for the published algorithm, `aqlm-harness` for the harness variant, plus
-        `-field=value` for each variant field overridden (`methods.aqlm.config.variant_label`)."""
-        return variant_label(cls.name, config, VARIANTS)
-
-    @classmethod
-    def presets(cls, budget: int) -> dict[str, Any]:
-        """Budget 1: 1 codebook x 8 bits, group 8. Budget 2: 2 x 8 bits, group 8 (the paper's
-        1 x 16 bits is `methods.aqlm.config.PAPER_2BIT_1X16`, given as explicit params)."""
-        if budget not in PRESETS:
-            raise ValueError(
-                f"method 'aqlm' has no preset for a {budget}-bit budget (supported: "
-                f"{', '.join(map(str, PRESETS))}); give explicit `params: {{num_codebooks: ..., "
-                f"nbits_per_codebook: ..., in_group_size: ...}}`"
-            )
-        return dict(PRESETS[budget])
-
-    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
-        """(bits, bits_paper) per weight of an [out, in] layer without quantizing it: codes,
-        codebooks and per-row scales (`aqlm_formula_bits`); AQLM's paper counts the same."""
-        cfg = self.config
-        if in_features % cfg.in_group_size:
-            raise ValueError(f"aqlm: in_group_size={cfg.in_group_size} does not divide in_features={in_features}")
-        value = aqlm_formula_bits(
-            out_features, in_features, cfg.in_group_size, [cfg.nbits_per_codebook] * cfg.num_codebooks
-        )
-        return value, value
+        """`<name>` for the published algorithm, `<name>-harness` for the harness variant, plus
+        `-field=value` for each field of `cls.variants` overridden (`methods.aqlm.config.variant_label`)."""
+        return variant_label(cls.name, config, cls.variants)
 
     def flops_for_shape(self, out_features: int, in_features: int) -> float:
         """Expected FLOPs of `quantize_linear` (`aqlm_flops` with every codebook over all groups)."""

@@ -195,24 +195,8 @@ class GroupIntLinear(QuantizedLinear):
             layer.bias = layer.bias.to(device)
         return layer
 
-    def layer_config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "has_g_idx": self.has_g_idx,
-            "bias_dtype": None if self.bias is None else str(self.bias.dtype).removeprefix("torch."),
-        }
-
-    @classmethod
-    def from_layer_config(cls, config: dict[str, Any]) -> "GroupIntLinear":
-        cfg = dict(config)
-        bias_dtype = cfg.pop("bias_dtype", None)
-        in_f, out_f = cfg.pop("in_features"), cfg.pop("out_features")
-        bias = None if bias_dtype is None else torch.zeros(out_f, dtype=getattr(torch, bias_dtype))
-        return cls(in_f, out_f, bias=bias, **cfg)
+    def format_config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "has_g_idx": self.has_g_idx}
 
     # --------------------------------------------------------------------------- weights
     def codes(self) -> torch.Tensor:
@@ -329,12 +313,26 @@ class GroupIntLinear(QuantizedLinear):
             total += self.bias.numel() * self.bias.element_size()
         return total
 
-    def formula_bits(self) -> float:
-        """bits + (16-bit scale + bits-bit zero) per group of one row (+ 32-bit g_idx per column)."""
-        value = self.bits + (16 + self.bits) * self.num_groups / self.in_features
-        if self.has_g_idx:
-            value += 32 / self.out_features
+    @staticmethod
+    def group_int_bits(out_features: int, in_features: int, bits: int, group_size: int, has_g_idx: bool) -> float:
+        """Bits per weight of the format: bits + (16-bit scale + bits-bit zero) per group of one
+        row, groups = ceil(in / group_size) (one per row for -1), + 32-bit g_idx per column."""
+        groups = -(-in_features // (in_features if group_size == -1 else group_size))
+        value = bits + (16 + bits) * groups / in_features
+        if has_g_idx:
+            value += 32 / out_features
         return value
+
+    @classmethod
+    def bits_per_weight(cls, shape: tuple[int, int], config: Any) -> tuple[float, float]:
+        """`group_int_bits` for `config.bits` and `config.group_size`, without g_idx (methods
+        that store one override this); papers count the same."""
+        value = cls.group_int_bits(*shape, config.bits, config.group_size, has_g_idx=False)
+        return value, value
+
+    def formula_bits(self) -> float:
+        """`group_int_bits` of this layer."""
+        return self.group_int_bits(self.out_features, self.in_features, self.bits, self.group_size, self.has_g_idx)
 
     # -------------------------------------------------------------------------- export
     def to_gptq_state_dict(self, v1: bool = True) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 
 from harness.plugin import StoredTensor
 from methods.aqlm.layer import AQLMLinear
-from methods.crvq.algorithm import crvq_formula_bits, index_bits
+from methods.crvq.algorithm import critical_group_count, crvq_formula_bits, index_bits
 
 __all__ = ["CRVQLinear"]
 
@@ -112,18 +112,9 @@ class CRVQLinear(AQLMLinear):
             raise ValueError(f"CRVQLinear.from_crvq: perm is not a permutation of {in_features} channels")
         return layer
 
-    def layer_config(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "in_group_size": self.in_group_size,
-            "nbits": self.basic_nbits,
-            "extended_nbits": list(self.extended_nbits),
-            "n_crit": self.n_crit,
-            "bias_dtype": None if self.bias is None else str(self.bias.dtype).removeprefix("torch."),
-        }
-
-    # from_layer_config: AQLMLinear's (pops in/out features and bias_dtype, passes the rest)
+    def format_config(self) -> dict[str, Any]:
+        return {"in_group_size": self.in_group_size, "nbits": self.basic_nbits,
+                "extended_nbits": list(self.extended_nbits), "n_crit": self.n_crit}
 
     # --------------------------------------------------------------------------- weights
     def dequantize_permuted(self) -> torch.Tensor:
@@ -145,6 +136,17 @@ class CRVQLinear(AQLMLinear):
     # ---------------------------------------------------------------------------- bits
     def stored_tensors(self) -> list[StoredTensor]:
         return [*super().stored_tensors(), StoredTensor("perm", self.perm, index_bits(self.in_features))]
+
+    @classmethod
+    def bits_per_weight(cls, shape: tuple[int, int], config: Any) -> tuple[float, float]:
+        """`crvq_formula_bits` of `config` with and without the permutation (plain VQ, and no
+        permutation, when the layer is too narrow for a critical group)."""
+        out_features, in_features = shape
+        if in_features % config.in_group_size:
+            raise ValueError(f"crvq: in_group_size={config.in_group_size} does not divide in_features={in_features}")
+        n_crit = critical_group_count(in_features, config.critical_ratio, config.in_group_size)
+        args = (out_features, in_features, config.in_group_size, config.nbits, config.extended_bits, n_crit)
+        return crvq_formula_bits(*args, permutation=True), crvq_formula_bits(*args, permutation=False)
 
     def formula_bits(self) -> float:
         """Spec formula with the permutation (in · ceil(log2 in) bits)."""

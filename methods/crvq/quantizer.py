@@ -19,8 +19,7 @@ from torch import nn
 from harness.plugin import LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
 from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
-from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_formula_bits, crvq_quantize
-from methods.aqlm.config import variant_label
+from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_quantize
 from methods.crvq.config import PRESETS, VARIANTS, CRVQConfig
 from methods.crvq.importance import HIST_LOG10_EDGES, score_histogram
 from methods.crvq.layer import CRVQLinear
@@ -36,7 +35,17 @@ class CRVQQuantizer(Quantizer):
 
     name: ClassVar[str] = "crvq"
     Config: ClassVar[type[CRVQConfig]] = CRVQConfig
+    layer_class: ClassVar[type[CRVQLinear]] = CRVQLinear
     requires_calibration: ClassVar[bool] = True
+    #: Budget 1: basic 1 x 8 bits, group 8, plus 3 extended 8-bit codebooks on 2% of the input
+    #: channels (the paper's main setting).
+    budget_presets: ClassVar[dict[int, dict[str, Any]]] = PRESETS
+    preset_hint: ClassVar[str] = (
+        "give explicit `params: {nbits: ..., num_extended_codebooks: ..., extended_nbits: ..., critical_ratio: ...}`"
+    )
+    variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
+    #: `crvq`, `crvq-harness`, plus `-field=value` per overridden field of `variants` (AQLM's rule).
+    default_label = classmethod(AQLMQuantizer.default_label.__func__)
     config: CRVQConfig
 
     def __init__(self, config: CRVQConfig):
@@ -45,36 +54,6 @@ class CRVQQuantizer(Quantizer):
         self.engine = AQLMQuantizer(config.aqlm_config())
         self._warned_fallback = False
 
-    @classmethod
-    def default_label(cls, config: CRVQConfig) -> str:
-        """`crvq` for the published algorithm, `crvq-harness` for the harness variant, plus
-        `-field=value` for each variant field overridden (`methods.aqlm.config.variant_label`)."""
-        return variant_label(cls.name, config, VARIANTS)
-
-    @classmethod
-    def presets(cls, budget: int) -> dict[str, Any]:
-        """Budget 1: basic 1 x 8 bits, group 8, plus 3 extended 8-bit codebooks on 2% of the
-        input channels (the paper's main setting)."""
-        if budget not in PRESETS:
-            raise ValueError(
-                f"method 'crvq' has no preset for a {budget}-bit budget (supported: "
-                f"{', '.join(map(str, PRESETS))}); give explicit `params: {{nbits: ..., "
-                f"num_extended_codebooks: ..., extended_nbits: ..., critical_ratio: ...}}`"
-            )
-        return dict(PRESETS[budget])
-
-    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
-        """(bits, bits_paper) per weight of an [out, in] layer under this config, without
-        quantizing it: the spec formula with and without the permutation (plain VQ, and no
-        permutation, when the layer is too narrow for a critical group)."""
-        cfg = self.config
-        if in_features % cfg.in_group_size:
-            raise ValueError(
-                f"crvq: in_group_size={cfg.in_group_size} does not divide in_features={in_features}"
-            )
-        n_crit = critical_group_count(in_features, cfg.critical_ratio, cfg.in_group_size)
-        args = (out_features, in_features, cfg.in_group_size, cfg.nbits, cfg.extended_bits, n_crit)
-        return crvq_formula_bits(*args, permutation=True), crvq_formula_bits(*args, permutation=False)
 
     def flops_for_shape(self, out_features: int, in_features: int) -> float:
         """Expected FLOPs of `quantize_linear`: the importance VQ (`wa`, `wa_max`) plus the AQLM

@@ -51,6 +51,13 @@ class GPTQLinear(GroupIntLinear):
     """
 
     @classmethod
+    def bits_per_weight(cls, shape: tuple[int, int], config: Any) -> tuple[float, float]:
+        """`GroupIntLinear.group_int_bits` with g_idx when act-order stores it
+        (`GPTQConfig.stores_g_idx`); the paper counts the same."""
+        value = cls.group_int_bits(*shape, config.bits, config.group_size, config.stores_g_idx(shape[1]))
+        return value, value
+
+    @classmethod
     def from_gptq_state_dict(
         cls,
         tensors: dict[str, torch.Tensor],

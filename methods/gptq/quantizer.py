@@ -122,33 +122,15 @@ class GPTQQuantizer(Quantizer):
 
     name: ClassVar[str] = "gptq"
     Config: ClassVar[type[GPTQConfig]] = GPTQConfig
+    layer_class: ClassVar[type[GPTQLinear]] = GPTQLinear
     requires_calibration: ClassVar[bool] = True
+    budget_presets: ClassVar[dict[int, dict[str, Any]]] = _PRESETS
+    preset_hint: ClassVar[str] = "the GPTQ format stores 2, 3, 4 or 8-bit codes"
     config: GPTQConfig
 
     def __init__(self, config: GPTQConfig):
         super().__init__(config)
         _check_backend(config.backend)
-
-    @classmethod
-    def presets(cls, budget: int) -> dict[str, Any]:
-        """Budgets 2, 3, 4 (group 64) and 8 (one group per row). Budget 1 is unsupported."""
-        if budget not in _PRESETS:
-            raise ValueError(
-                f"method 'gptq' has no preset for a {budget}-bit budget (supported: "
-                f"{', '.join(map(str, _PRESETS))}); the GPTQ format stores 2, 3, 4 or 8-bit codes"
-            )
-        return dict(_PRESETS[budget])
-
-    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
-        """(bits, bits_paper) of an [out, in] layer without quantizing it: `GPTQLinear.formula_bits`
-        (bits + (16-bit scale + bits-bit zero) per group of a row, groups = ceil(in / group_size),
-        + 32-bit g_idx per input column when act-order stores it); the paper counts the same."""
-        cfg = self.config
-        gs = in_features if cfg.group_size == -1 else cfg.group_size
-        value = cfg.bits + (16 + cfg.bits) * -(-in_features // gs) / in_features
-        if cfg.stores_g_idx(in_features):
-            value += 32 / out_features
-        return value, value
 
     def flops_for_shape(self, out_features: int, in_features: int) -> float:
         """Cholesky and inverse of H (~in³) plus the column-wise error propagation (2·out·in²)."""

@@ -29,29 +29,14 @@ class RTNQuantizer(Quantizer):
 
     name: ClassVar[str] = "rtn"
     Config: ClassVar[type[RTNConfig]] = RTNConfig
+    layer_class: ClassVar[type[RTNLinear]] = RTNLinear
     requires_calibration: ClassVar[bool] = False
+    budget_presets: ClassVar[dict[int, dict[str, Any]]] = _PRESETS
+    preset_hint: ClassVar[str] = (
+        "1-bit RTN collapses each group to two levels, give explicit `params: {bits: ..., group_size: ...}` "
+        "to run it anyway"
+    )
     config: RTNConfig
-
-    @classmethod
-    def presets(cls, budget: int) -> dict[str, Any]:
-        """Budgets 2, 3, 4 (group 64) and 8 (one group per row). Budget 1 is unsupported."""
-        if budget not in _PRESETS:
-            raise ValueError(
-                f"method 'rtn' has no preset for a {budget}-bit budget (supported: "
-                f"{', '.join(map(str, _PRESETS))}); 1-bit RTN collapses each group to two levels, "
-                f"give explicit `params: {{bits: ..., group_size: ...}}` to run it anyway"
-            )
-        return dict(_PRESETS[budget])
-
-    def bits_for_shape(self, out_features: int, in_features: int) -> tuple[float, float]:
-        """(bits, bits_paper) of an [out, in] layer without quantizing it: `RTNLinear.formula_bits`,
-        bits + (16-bit scale + bits-bit zero) per group of a row."""
-        cfg = self.config
-        if cfg.group_size != -1 and in_features % cfg.group_size:
-            raise ValueError(f"rtn: group_size={cfg.group_size} does not divide in_features={in_features}")
-        groups = 1 if cfg.group_size == -1 else in_features // cfg.group_size
-        value = cfg.bits + (16 + cfg.bits) * groups / in_features
-        return value, value
 
     def flops_for_shape(self, out_features: int, in_features: int) -> float:
         """About ten elementwise operations per weight (min/max, scale, round, clamp)."""
