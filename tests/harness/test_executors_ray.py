@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
-from tests.fixtures.harness_cli import REPO, harness_env, read_records, run_harness
+from tests.fixtures.harness_cli import REPO, cli_exit, harness_env, read_records, run_harness
 
 pytest.importorskip("ray")
 
@@ -115,19 +114,13 @@ executor: {{type: ray, max_retries: 1, num_cpus: 1}}
     assert "SIGKILL" in failed["error"]["message"]
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    return exc.value.code, " ".join(capsys.readouterr().err.split())
-
-
 def test_missing_ray_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_text("name: t\nmodels: [smollm2-135m]\nmethods: [{name: rtn, budgets: [4]}]\nexecutor: ray\n")
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     for command in ("validate", "run"):
-        code, err = _cli(monkeypatch, capsys, command, str(suite), *(["-o", str(tmp_path / "r")] if command == "run" else []))
+        output = ["-o", str(tmp_path / "r")] if command == "run" else []
+        code, err = cli_exit(monkeypatch, capsys, command, str(suite), *output)
         assert code == 2 and "Traceback" not in err
         assert "executor: ray" in err and "pip install 'ptq-harness[scale]'" in err
 
@@ -145,7 +138,7 @@ def test_missing_ray_package_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_bad_executor_config_is_a_clear_error(tmp_path, monkeypatch, capsys, executor, fragments):
     suite = tmp_path / "s.yaml"
     suite.write_text(f"name: t\nmodels: [smollm2-135m]\nmethods: [{{name: rtn, budgets: [4]}}]\nexecutor: {executor}\n")
-    code, err = _cli(monkeypatch, capsys, "validate", str(suite))
+    code, err = cli_exit(monkeypatch, capsys, "validate", str(suite))
     assert code == 2 and "Traceback" not in err and str(suite) in err
     for fragment in fragments:
         assert fragment in err, err
@@ -158,6 +151,6 @@ def test_unreachable_cluster_address_fails_fast(tmp_path, monkeypatch, capsys):
         "executor: {type: ray, address: '127.0.0.1:1'}\n"
     )
     start = time.time()
-    code, err = _cli(monkeypatch, capsys, "run", str(suite), "-o", str(tmp_path / "results"))
+    code, err = cli_exit(monkeypatch, capsys, "run", str(suite), "-o", str(tmp_path / "results"))
     assert code == 2 and "Traceback" not in err and "executor.address" in err and "127.0.0.1:1" in err
     assert time.time() - start < 30

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from tests.fixtures.harness_cli import harness_env, read_records, run_harness, write_tiny_suite
+from tests.fixtures.harness_cli import cli_exit, harness_env, read_records, run_harness, write_tiny_suite
 
 pytest.importorskip("submitit")
 
@@ -56,13 +55,6 @@ def test_slurm_path_through_submitit_local_matches_local_and_retries_killed_jobs
     assert len(list(slurm_folder.glob("*_submitted.pkl"))) == 4  # 2 rtn + 2 attempts of die, none new
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    return exc.value.code, " ".join(capsys.readouterr().err.split())
-
-
 def test_slurm_without_sbatch_or_submitit_is_a_clear_error(tmp_path, monkeypatch, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_text(
@@ -70,8 +62,8 @@ def test_slurm_without_sbatch_or_submitit_is_a_clear_error(tmp_path, monkeypatch
         "executor: {type: slurm, partition: gpu, time_min: 60}\n"
     )
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    code, err = _cli(monkeypatch, capsys, "run", str(suite), "-o", str(tmp_path / "results"))
+    code, err = cli_exit(monkeypatch, capsys, "run", str(suite), "-o", str(tmp_path / "results"))
     assert code == 2 and "Traceback" not in err and "sbatch" in err and "local: true" in err
     monkeypatch.setitem(sys.modules, "submitit", None)
-    code, err = _cli(monkeypatch, capsys, "validate", str(suite))
+    code, err = cli_exit(monkeypatch, capsys, "validate", str(suite))
     assert code == 2 and "executor: slurm" in err and "pip install 'ptq-harness[scale]'" in err
