@@ -144,7 +144,7 @@ def test_inspect_gptq_writes_only_the_heatmap(results):
 
 
 def test_inspect_falls_back_to_rel_error_for_older_records(results, tmp_path):
-    record = copy.deepcopy(_record(results, "crvq"))
+    record = copy.deepcopy(_record(results, "crvq").dump())
     for entry in record["layers"]:
         entry.pop("output_error", None)
         for key in ("hist", "mean", "threshold"):
