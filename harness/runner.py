@@ -25,6 +25,7 @@ from harness.models import load_model
 from harness.models.adapters import iter_block_linears
 from harness.quantize import quantize
 from harness.quantizer import QuantizedLinear
+from harness.record import RECORD_VERSION, CellRecord
 from harness.registry import build_quantizer, get_method
 from harness.store import ResultStore, atomic_write_text
 from harness.suite import Cell
@@ -36,13 +37,17 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _BITS_FIELDS = ("bits", "bits_formula", "bits_paper", "model_bits", "quantized_weights", "total_weights")
 
 
-def base_record(cell: Cell) -> dict[str, Any]:
+def cell_record(cell: Cell, status: str, **fields: Any) -> CellRecord:
+    """The record of `cell` (`harness.record.CellRecord`): what identifies the cell, its `status`
+    and `fields` (metrics, timings, error, ...; a `model` entry extends the cell's)."""
     method = get_method(cell.method)
-    return {
+    model = {"label": cell.model.label, "id": cell.model.id, **fields.pop("model", {})}
+    return CellRecord.model_validate({
+        "version": RECORD_VERSION,
         "key": cell.key,
         "label": cell.label,
         "suite": cell.suite,
-        "model": {"label": cell.model.label, "id": cell.model.id},
+        "model": model,
         "method": cell.method,
         "method_label": cell.method_label,
         "budget": cell.budget,
@@ -50,7 +55,9 @@ def base_record(cell: Cell) -> dict[str, Any]:
         "reference": not method.modifies_weights,
         "cell": cell.model_dump(mode="json"),
         **({"stand_in": cell.stand_in} if cell.stand_in else {}),
-    }
+        "status": status,
+        **fields,
+    })
 
 
 #: What went wrong, in the ``error.kind`` field of a failed record.
@@ -66,33 +73,32 @@ def failed_record(
     kind: str = "exception",
     attempts: int | None = None,
     provenance: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CellRecord:
     """A failed record: ``error`` holds type, kind (see FAILURE_KINDS), message, the traceback
     text, the number of attempts (worker deaths) and, once written by :func:`record_failure`,
     ``traceback_file`` (relative to the store root)."""
-    record = base_record(cell)
-    record.update(
-        status="failed",
+    return cell_record(
+        cell, "failed",
         error={"type": error_type, "kind": kind, "message": message, "traceback": tb, "attempts": attempts},
         environment=environment.capture(None),
         executor=provenance,
         finished_at=_now(),
     )
-    return record
 
 
-def record_failure(store: ResultStore, record: dict[str, Any]) -> dict[str, Any]:
+def record_failure(store: ResultStore, record: CellRecord) -> CellRecord:
     """Write a failed record's traceback to ``logs/<key>.traceback.txt``, then the record.
 
     Returns the record now in the store (an earlier ``ok`` record of the key wins over this one).
     """
-    error = record["error"]
-    path = store.traceback_path(record["key"])
-    header = f"{record['label']} ({record['key']}): {error['type']}: {error['message']}"
+    raw = record.dump()
+    error = raw["error"]
+    path = store.traceback_path(record.key)
+    header = f"{record.label} ({record.key}): {error['type']}: {error['message']}"
     atomic_write_text(path, f"{header}\n\n{error.get('traceback') or ''}")
-    error["traceback_file"] = str(path.relative_to(store.root))
+    record = CellRecord.model_validate({**raw, "error": {**error, "traceback_file": str(path.relative_to(store.root))}})
     store.put(record)
-    return store.get(record["key"]) or record
+    return store.get(record.key) or record
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -116,23 +122,24 @@ def run_cell(
     progress: bool = True,
     base_dir: Path | None = None,
     provenance: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CellRecord:
     """Execute `cell` and write its record (ok or failed) into `store`; returns the record now
     in the store. `provenance` (executor type, attempt, attempt id, host) goes into `record["executor"]`."""
     try:
-        record = _execute(cell, store, progress=progress, base_dir=base_dir)
+        record = _execute(cell, store, progress=progress, base_dir=base_dir, provenance=provenance)
     except Exception as exc:  # a failed cell is recorded; the suite goes on (MemoryError included)
         kind, message = classify_exception(exc)
         logger.error("cell %s failed: %s: %s", cell.label, type(exc).__name__, message)
         tb = traceback.format_exc()
         return record_failure(store, failed_record(cell, type(exc).__name__, message, tb, kind=kind, provenance=provenance))
-    record["executor"] = provenance
     store.put(record)
     shutil.rmtree(store.checkpoint_dir(cell.key), ignore_errors=True)  # only needed until the record exists
     return store.get(cell.key) or record
 
 
-def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path | None) -> dict[str, Any]:
+def _execute(
+    cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path | None, provenance: dict[str, Any] | None
+) -> CellRecord:
     """load -> calibrate -> quantize (-> end-to-end fine-tuning) -> bits, size, save -> each
     requested evaluation (`harness.evaluations`); returns the ok record."""
     t0 = time.perf_counter()
@@ -190,10 +197,9 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
     for entry in layers:  # the pipeline's log of each layer, with its measured bits
         entry.update({k: v for k, v in per_layer.get(entry["name"], {}).items() if k not in entry})
 
-    record = base_record(cell)
-    record.update(
-        status="ok",
-        model={**record["model"], "family": adapter.name, "source": loaded.source, "seqlen_default": default_seqlen},
+    return cell_record(
+        cell, "ok",
+        model={"family": adapter.name, "source": loaded.source, "seqlen_default": default_seqlen},
         metrics=metrics,
         calibration=calibration_info,
         **({"finetune_e2e": finetune_log} if finetune_log else {}),
@@ -213,8 +219,8 @@ def _execute(cell: Cell, store: ResultStore, *, progress: bool, base_dir: Path |
         },
         error=None,
         finished_at=_now(),
+        executor=provenance,
     )
-    return record
 
 
 def _calibrate(

@@ -15,6 +15,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from harness.executors.attempt import AttemptResult, log_tail
+from harness.record import CellRecord
 from harness.runner import failed_record, record_failure
 from harness.store import ResultStore
 from harness.suite import Cell
@@ -108,12 +109,12 @@ def _log_done(store: ResultStore, cell: Cell, i: int, total: int, seconds: float
         logger.error("[%d/%d] %s: failed after %.1f s — %s", i, total, cell.label, seconds, message)
 
 
-def _missing(cell: Cell) -> dict[str, Any]:
+def _missing(cell: Cell) -> CellRecord:
     """Stand-in when a record vanished (deleted by hand during the run)."""
     return failed_record(cell, "MissingRecord", "no record in the store after the cell finished", None)
 
 
-def summary(record: dict[str, Any]) -> str:
+def summary(record: CellRecord) -> str:
     """One line of a finished record's headline numbers."""
     metrics = record.get("metrics", {})
     parts = [f"bits {metrics.get('bits', float('nan')):.3f}"]
