@@ -109,11 +109,21 @@ def load_quantized(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = Path(path)
-    manifest = json.loads((path / MANIFEST).read_text())
     config = AutoConfig.from_pretrained(path)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    restore_quantized(model, path, dtype=dtype)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model.to(device).eval()
+
+
+def restore_quantized(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Fill `model` (the saved model's architecture, e.g. built with empty weights) with what
+    `save_quantized` wrote to `path`: packed layers rebuilt from the manifest, then every tensor
+    loaded (non-quantized floats in `dtype`). Returns `model`."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
     for name, entry in manifest["layers"].items():
         layer = import_layer_class(entry["class"]).from_layer_config(entry["config"])
         model.set_submodule(name, layer)
@@ -129,6 +139,4 @@ def load_quantized(path: str | os.PathLike, *, dtype: torch.dtype = torch.float3
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected or missing:
         raise ValueError(f"{path}: saved model does not match its config (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    return model.to(device).eval()
+    return model
