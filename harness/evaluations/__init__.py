@@ -24,88 +24,39 @@ The contract (`harness.evaluations.base`):
 
 Order: the built-ins in the order above (perplexity, zero_shot, agreement, throughput), then
 plugin evaluations in the order of the suite.
+
+The registry (`harness.evaluations.registry`) imports no evaluation, so the suite loader can
+validate blocks without importing what the evaluations import.
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from harness.errors import UnknownEvaluationError
 from harness.evaluations.base import Evaluation, EvaluationContext, NonFiniteError, NoSettings
-from harness.registry import Registry
+from harness.evaluations.registry import (
+    BUILTIN_EVALUATIONS,
+    ENTRY_POINT_GROUP,
+    EVALUATIONS,
+    evaluation_names,
+    get_evaluation,
+    resolve_evaluations,
+)
 
 if TYPE_CHECKING:
-    from harness.suite import Cell, EvaluationsSpec
+    from harness.suite import Cell
 
 __all__ = [
-    "BUILTIN_EVALUATIONS", "ENTRY_POINT_GROUP", "Evaluation", "EvaluationContext", "NoSettings", "NonFiniteError",
-    "evaluation_names", "get_evaluation", "planned", "resolve_evaluations",
+    "BUILTIN_EVALUATIONS", "ENTRY_POINT_GROUP", "EVALUATIONS", "Evaluation", "EvaluationContext", "NoSettings",
+    "NonFiniteError", "evaluation_names", "get_evaluation", "planned", "resolve_evaluations",
 ]
-
-ENTRY_POINT_GROUP = "harness.evaluations"
-
-#: Built-in evaluations, in the order they run: name -> "module:attr" (kept in sync with
-#: pyproject's entry points so the source tree works uninstalled).
-BUILTIN_EVALUATIONS: dict[str, str] = {
-    "perplexity": "harness.evaluations.perplexity:PerplexityEvaluation",
-    "zero_shot": "harness.evaluations.zero_shot:ZeroShotEvaluation",
-    "agreement": "harness.evaluations.agreement:AgreementEvaluation",
-    "throughput": "harness.evaluations.throughput:ThroughputEvaluation",
-}
-
-EVALUATIONS: Registry = Registry("evaluation", group=ENTRY_POINT_GROUP, error=UnknownEvaluationError)
-_discovered = False
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for name, target in BUILTIN_EVALUATIONS.items():
-        EVALUATIONS.register(name, target)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN_EVALUATIONS and ep.value == BUILTIN_EVALUATIONS[ep.name]:
-            continue
-        EVALUATIONS.register(ep.name, ep.value)
-
-
-def get_evaluation(name: str) -> type[Evaluation]:
-    """The `Evaluation` subclass registered under `name` (UnknownEvaluationError, with close
-    names, when there is none)."""
-    _discover()
-    return EVALUATIONS.get(name)
-
-
-def evaluation_names() -> list[str]:
-    _discover()
-    return EVALUATIONS.names()
-
-
-def resolve_evaluations(spec: EvaluationsSpec) -> EvaluationsSpec:
-    """`spec` with each plugin block validated by its evaluation's `Config` and written out with
-    its defaults (`spec` itself when it has no plugin blocks, so such cells keep their keys).
-
-    Raises UnknownEvaluationError (an unregistered name), ValueError (an automatic evaluation
-    named in the suite) or pydantic's ValidationError (a bad block)."""
-    if not spec.plugins:
-        return spec
-    blocks = {}
-    for name, block in spec.plugins.items():
-        cls = get_evaluation(name)
-        if cls.automatic:
-            raise ValueError(f"'{name}' runs for every quantized cell by itself; remove it from `evaluations`")
-        blocks[name] = cls.Config.model_validate(block).model_dump(mode="json")
-    return type(spec).model_validate({**spec.model_dump(exclude=set(spec.plugins)), **blocks})
 
 
 def planned(cell: Cell, *, quantized: bool) -> list[Evaluation]:
     """The evaluations `cell` requests, configured, in the order they run; `quantized`: the
     cell's method modifies the weights (automatic evaluations run only then)."""
     spec = cell.evaluations
-    plugins = spec.plugins
     out: list[Evaluation] = []
     for name in BUILTIN_EVALUATIONS:
         cls = get_evaluation(name)
@@ -114,7 +65,7 @@ def planned(cell: Cell, *, quantized: bool) -> list[Evaluation]:
             out.append(cls(block))
         elif cls.automatic and quantized:
             out.append(cls(cls.Config()))
-    for name, block in plugins.items():
+    for name, block in spec.plugins.items():
         cls = get_evaluation(name)
         try:
             out.append(cls(cls.Config.model_validate(block)))

@@ -206,7 +206,7 @@ def _check_tasks(tasks: list[str], path: Path) -> None:
 
 def _check_evaluations(spec: EvaluationsSpec, path: Path) -> None:
     """Plugin evaluation blocks name a registered evaluation and fit its `Config`."""
-    from harness.evaluations import get_evaluation, resolve_evaluations
+    from harness.evaluations.registry import get_evaluation, resolve_evaluations
 
     for name, block in spec.plugins.items():
         try:
@@ -340,7 +340,7 @@ def _entry_cells(
     suite: Suite, i: int, entry: MethodEntry, model: ModelSpec, suite_path: str | os.PathLike
 ) -> list[Cell]:
     """The cells of method line `i` on one model: one per budget and seed."""
-    from harness.evaluations import resolve_evaluations
+    from harness.evaluations.registry import resolve_evaluations
 
     method = get_method(entry.name)
     cells = []
