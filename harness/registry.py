@@ -32,16 +32,35 @@ BUILTIN_METHODS: dict[str, str] = {
 
 
 class Registry(Generic[T]):
-    """A name -> object registry accepting objects or lazy `"module:attr"` targets."""
+    """A name -> object registry accepting objects or lazy `"module:attr"` targets.
 
-    def __init__(self, kind: str, group: str = ENTRY_POINT_GROUP, error: type[HarnessError] = UnknownMethodError):
+    On first use it registers `builtins` (name -> "module:attr") and then the entry points of
+    `group` (third-party packages; an entry point equal to a built-in is skipped)."""
+
+    def __init__(
+        self, kind: str, group: str = ENTRY_POINT_GROUP, error: type[HarnessError] = UnknownMethodError,
+        builtins: Mapping[str, str] | None = None,
+    ):
         self.kind = kind
         self.group = group  # the entry-point group third-party packages register under
         self.error = error  # raised for an unknown or unimportable name
+        self.builtins = dict(builtins or {})
         self._items: dict[str, T | str] = {}
+        self._discovered = False
+
+    def discover(self) -> None:
+        """Register the built-ins and the entry points of `group` (once)."""
+        if self._discovered:
+            return
+        self._discovered = True
+        self._items.update(self.builtins)
+        for ep in entry_points(group=self.group):
+            if self.builtins.get(ep.name) != ep.value:
+                self._items[ep.name] = ep.value
 
     def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
         """Register `target` under `name`; without a target, return a class decorator."""
+        self.discover()
         if target is None:
             def decorator(obj: T) -> T:
                 self._items[name] = obj
@@ -51,12 +70,15 @@ class Registry(Generic[T]):
         return target
 
     def names(self) -> list[str]:
+        self.discover()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        self.discover()
         return name in self._items
 
     def get(self, name: str) -> T:
+        self.discover()
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -79,37 +101,20 @@ class Registry(Generic[T]):
         return item
 
 
-METHODS: Registry = Registry("method")
-_discovered = False
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for name, target in BUILTIN_METHODS.items():
-        METHODS.register(name, target)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN_METHODS and ep.value == BUILTIN_METHODS[ep.name]:
-            continue
-        METHODS.register(ep.name, ep.value)
+METHODS: Registry = Registry("method", builtins=BUILTIN_METHODS)
 
 
 def register_method(name: str):
     """Class decorator registering a `Quantizer` subclass under `name` (in-process)."""
-    _discover()
     return METHODS.register(name)
 
 
 def get_method(name: str):
     """The `Quantizer` subclass registered under `name`."""
-    _discover()
     return METHODS.get(name)
 
 
 def method_names() -> list[str]:
-    _discover()
     return METHODS.names()
 
 
