@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from methods.common.kernels import add_partial_sums
 from methods.common.triton_support import num_programs_target
 
 __all__ = ["VQKernelPlan", "vq_gemv", "vq_plan"]
@@ -73,10 +74,7 @@ def _vq_gemv_kernel(
         if NUM_BOOKS > 3:
             acc += _book_dot(c3, b3, offs_n, offs_g, NG, mask, xv, GS)
     out = acc * tl.load(scales_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        out += tl.where(pid_s == 0, bias, 0.0)
-    tl.atomic_add(y_ptr + row * stride_y + offs_n, out, mask=mask_n, sem="relaxed")  # order of partial sums is free
+    add_partial_sums(y_ptr + row * stride_y, out, offs_n, mask_n, bias_ptr, pid_s, HAS_BIAS)
 
 
 @dataclass

@@ -20,7 +20,17 @@ import triton.language as tl
 
 from methods.common.triton_support import num_programs_target
 
-__all__ = ["IntKernelPlan", "int_gemv", "int_plan"]
+__all__ = ["IntKernelPlan", "add_partial_sums", "int_gemv", "int_plan"]
+
+
+@triton.jit
+def add_partial_sums(y_row_ptr, acc, offs_n, mask_n, bias_ptr, pid_s, HAS_BIAS: tl.constexpr):
+    """Add a program's float32 partial outputs `acc` [BLOCK_N] (at `offs_n`) into its token's row
+    of y, atomically (the order of partial sums is free); the first input split adds the bias."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc += tl.where(pid_s == 0, bias, 0.0)
+    tl.atomic_add(y_row_ptr + offs_n, acc, mask=mask_n, sem="relaxed")
 
 
 @triton.jit
@@ -63,10 +73,8 @@ def _int_gemv_kernel(
         w = codes.to(tl.float32) * scale - zs
         xv = tl.load(x_ptr + row * stride_x + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         acc += tl.sum(w * xv[:, None], axis=0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += tl.where(pid_s == 0, bias, 0.0)
-    tl.atomic_add(y_ptr + row * stride_y + offs_n, acc, mask=mask_n, sem="relaxed")  # order of partial sums is free
+    add_partial_sums(y_ptr + row * stride_y, acc, offs_n, mask_n, bias_ptr, pid_s, HAS_BIAS)
+
 
 
 @dataclass
