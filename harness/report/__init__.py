@@ -59,7 +59,7 @@ def write_report(
     results = aggregate_results(by_record, records)  # one row per cell config: repeats over seeds aggregated
     failures = failures_frame(records)
     if title is None:
-        suites = sorted({str(r["suite"]) for r in records if r.get("suite")})
+        suites = sorted({str(r.suite) for r in records if r.suite})
         title = f"{', '.join(suites)} results" if suites else "Results"
     errors = evaluation_errors_frame(records)
     written = (

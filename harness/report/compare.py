@@ -18,6 +18,7 @@ import pandas as pd
 from harness.analysis.compare import CompareResult, compare_methods, fmt_interval, fmt_number, fmt_p, fmt_signed
 from harness.analysis.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 from harness.errors import HarnessError
+from harness.record import CellRecord
 from harness.report.style import fmt_bits, fmt_percent
 from harness.store import ResultStore, atomic_write_text
 
@@ -113,7 +114,7 @@ def compare_markdown(results: Sequence[CompareResult | tuple[Pair, str]], resamp
 
 
 def run_comparisons(
-    records: Sequence[dict[str, Any]], pairs: Iterable[Any], *, where: str = "records",
+    records: Sequence[CellRecord], pairs: Iterable[Any], *, where: str = "records",
     level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES,
 ) -> list[CompareResult | tuple[Pair, str]]:
     """:func:`compare_methods` for each pair; a pair that fails gives ``((base, against), reason)``."""
@@ -128,7 +129,7 @@ def run_comparisons(
 
 
 def write_compare_tables(
-    store: ResultStore, pairs: Iterable[Any], *, records: Sequence[dict[str, Any]] | None = None,
+    store: ResultStore, pairs: Iterable[Any], *, records: Sequence[CellRecord] | None = None,
     level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES,
 ) -> list[Path]:
     """Write ``tables/compare.md``, ``tables/compare.csv`` and, when a pair has zero-shot results,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.record import CellRecord
 from harness.report.style import marker, render, safe_name
 from harness.store import atomic_write_bytes
 
@@ -29,11 +30,11 @@ ERROR_METRICS = ("output_error", "rel_error", "rel_weight_error")
 _BLOCK = re.compile(r"\.(\d+)(?:\.|$)")
 
 
-def _errors(records: Sequence[dict[str, Any]], metric: str) -> pd.Series:
+def _errors(records: Sequence[CellRecord | dict[str, Any]], metric: str) -> pd.Series:
     """Mean ``metric`` per linear name over ``records`` (entries without a finite value skipped)."""
     rows = [
         (e["name"], float(e[metric]))
-        for r in records for e in (r.get("layers") or [])
+        for r in map(CellRecord.load, records) for e in (r.layers or [])
         if isinstance(e, dict) and "name" in e and isinstance(e.get(metric), (int, float)) and math.isfinite(e[metric])
     ]
     if not rows:
@@ -42,7 +43,7 @@ def _errors(records: Sequence[dict[str, Any]], metric: str) -> pd.Series:
     return frame.groupby("name", sort=False)["value"].mean()
 
 
-def choose_metric(base: Sequence[dict[str, Any]], against: Sequence[dict[str, Any]]) -> str:
+def choose_metric(base: Sequence[CellRecord], against: Sequence[CellRecord]) -> str:
     """The first of :data:`ERROR_METRICS` that both sides' records report."""
     for metric in ERROR_METRICS:
         if not _errors(base, metric).empty and not _errors(against, metric).empty:

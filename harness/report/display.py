@@ -8,20 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.frames import ACC_PREFIX, PPL_PREFIX
-from harness.report.repeats import (
-    ACC_SE,
-    ACC_STD,
-    AUX_PREFIXES,
-    BPB_PREFIX,
-    BPB_STD,
-    PPL_HI,
-    PPL_LO,
-    PPL_STD,
-    TOK_MAX,
-    TOK_MIN,
-    TOK_PREFIX,
-)
+from harness.columns import (ACC_PREFIX, ACC_SE, ACC_STD, AUX_PREFIXES, BPB_PREFIX, BPB_STD, PPL_HI, PPL_LO,
+                             PPL_PREFIX, PPL_STD, TOK_MAX, TOK_MIN, TOK_PREFIX)
 from harness.report.style import ACC_SPEC, BITS_SPEC, BPB_SPEC, PPL_SPEC, fmt_cell, is_missing
 
 __all__ = ["display", "markdown_table", "uncertainty_legend"]

@@ -9,54 +9,22 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.repeats import (
-    ACC_SE,
-    ACC_STD,
-    BPB_PREFIX,
-    BPB_STD,
-    PPL_HI,
-    PPL_LO,
-    PPL_STD,
-    TOK_MAX,
-    TOK_MIN,
-    TOK_PREFIX,
-    aggregate_repeats,
-    ppl_interval,
-    record_seed,
-    throughput_columns,
-    window_nll,
-    zero_shot_se_average,
-)
+from harness.columns import (ACC_AVG, ACC_PREFIX, ACC_SE, ACC_STD, BPB_PREFIX, BPB_STD, PPL_HI, PPL_LO, PPL_PREFIX,
+                             PPL_STD, TOK_MAX, TOK_MIN, TOK_PREFIX)
+from harness.record import CellRecord
+from harness.report.repeats import aggregate_repeats, ppl_interval, zero_shot_se_average
 
 __all__ = [
-    "ACC_AVG", "ACC_PREFIX", "BPB_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame", "failures_frame",
-    "model_label", "params_strings", "records_frame", "results_frame", "to_float", "zero_shot_tasks",
+    "aggregate_results", "evaluation_errors_frame", "failures_frame", "params_strings", "records_frame",
+    "results_frame", "to_float",
 ]
 
-PPL_PREFIX = "ppl:"
-#: Zero-shot accuracy columns (fractions in the frame and the CSV, percent in Markdown/LaTeX).
-ACC_PREFIX = "acc:"
-ACC_AVG = ACC_PREFIX + "avg"
 #: Frame columns before the per-dataset perplexity columns, and after them.
 _HEAD = ["model", "method", "budget", "params", "bits", "bits_paper", "model_bits", "size_mb"]
 _TAIL = ["quantize_s", "reference", "key"]
 #: Short names for common parameters in the params column.
 _ABBREV = {"group_size": "g", "groupsize": "g"}
 _MESSAGE_CHARS = 300
-
-
-def _is_reference(record: dict[str, Any]) -> bool:
-    return bool(record.get("reference", record.get("method") == "none"))
-
-
-def model_label(record: dict[str, Any]) -> str:
-    """The model's label of a record (its `model.label`, else the first part of the cell label)."""
-    model = record.get("model") or {}
-    return str(model.get("label") or str(record.get("label", "?")).split("/")[0])
-
-
-def _method_label(record: dict[str, Any]) -> str:
-    return str(record.get("method_label") or record.get("method") or "?")
 
 
 def _format_value(value: Any) -> str:
@@ -71,23 +39,23 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def params_strings(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+def params_strings(records: Iterable[CellRecord | dict[str, Any]]) -> dict[str, str]:
     """A short ``"bits=2 g=64"`` per record key: only the params that differ between cells of
     the same method (so a method run once gets an empty string)."""
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by_method.setdefault(_method_label(r), []).append(r)
+    by_method: dict[str, list[CellRecord]] = {}
+    for r in map(CellRecord.load, records):
+        by_method.setdefault(r.method_label, []).append(r)
     out: dict[str, str] = {}
     missing = object()
     for group in by_method.values():
-        params = [r.get("params") or {} for r in group]
+        params = [r.params or {} for r in group]
         names = list(dict.fromkeys(k for p in params for k in p))  # config field order
         varying = [
             k for k in names
             if len({_format_value(p[k]) if k in p else missing for p in params}) > 1
         ]
         for r, p in zip(group, params):
-            out[r["key"]] = " ".join(f"{_ABBREV.get(k, k)}={_format_value(p[k])}" for k in varying if k in p)
+            out[r.key] = " ".join(f"{_ABBREV.get(k, k)}={_format_value(p[k])}" for k in varying if k in p)
     return out
 
 
@@ -99,14 +67,15 @@ def to_float(value: Any) -> float:
         return math.nan
 
 
-def zero_shot_tasks(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{task: {acc, acc_norm, ..., error}}`` of a record's zero-shot evaluation (empty if none)."""
-    zs = (record.get("metrics") or {}).get("zero_shot") or {}
-    tasks = zs.get("tasks") if isinstance(zs, dict) else None
-    return {t: v for t, v in (tasks or {}).items() if isinstance(v, dict)}
+def _throughput_columns(record: CellRecord) -> dict[str, float]:
+    """``tok/s:b<batch>`` (median of the repeats), ``tok/s_min:b<batch>``, ``tok/s_max:b<batch>``."""
+    out: dict[str, float] = {}
+    for batch, (median, low, high) in record.tokens_per_s().items():
+        out[TOK_PREFIX + f"b{batch}"], out[TOK_MIN + f"b{batch}"], out[TOK_MAX + f"b{batch}"] = median, low, high
+    return out
 
 
-def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def records_frame(records: Iterable[CellRecord | dict[str, Any]]) -> pd.DataFrame:
     """One row per ``ok`` record; columns ``model, method, budget, params, seed, bits,
     bits_paper, model_bits, size_mb`` (10^6 bytes); per dataset ``ppl:<dataset>`` with
     ``ppl_std:`` (NaN here), ``ppl_lo:`` and ``ppl_hi:`` (95% bootstrap interval over the
@@ -119,41 +88,39 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     Sorted by model, the reference first, then method, then bits descending, then seed.
     """
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in map(CellRecord.load, records) if r.ok]
     params = params_strings(ok)
     datasets: list[str] = []
     tasks: list[str] = []
     batches: list[str] = []
     rows = []
     for r in ok:
-        metrics = r.get("metrics") or {}
-        ppl = metrics.get("perplexity") or {}
+        ppl = r.perplexities
         datasets.extend(d for d in ppl if d not in datasets)
-        size = to_float(metrics.get("size_bytes"))
         row = {
-            "model": model_label(r),
-            "method": _method_label(r),
-            "budget": r.get("budget"),
-            "params": params[r["key"]],
-            "seed": record_seed(r),
-            "bits": to_float(metrics.get("bits")),
-            "bits_paper": to_float(metrics.get("bits_paper")),
-            "model_bits": to_float(metrics.get("model_bits")),
-            "size_mb": size / 1e6,
-            "quantize_s": to_float((r.get("timings") or {}).get("quantize_s")),
-            "reference": _is_reference(r),
-            "key": r["key"],
+            "model": r.model_label,
+            "method": r.method_label,
+            "budget": r.budget,
+            "params": params[r.key],
+            "seed": r.seed,
+            "bits": to_float(r.bits),
+            "bits_paper": to_float(r.metric("bits_paper")),
+            "model_bits": to_float(r.metric("model_bits")),
+            "size_mb": to_float(r.metric("size_bytes")) / 1e6,
+            "quantize_s": to_float((r.timings or {}).get("quantize_s")),
+            "reference": r.is_reference,
+            "key": r.key,
         }
         for d, v in ppl.items():
-            row[PPL_PREFIX + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
-            row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([window_nll(r, d)])
-            row[BPB_PREFIX + d] = to_float(v.get("bpb") if isinstance(v, dict) else None)
-        for t, v in zero_shot_tasks(r).items():
+            row[PPL_PREFIX + d] = to_float(v.ppl)
+            row[PPL_LO + d], row[PPL_HI + d] = ppl_interval([r.window_nll(d)])
+            row[BPB_PREFIX + d] = to_float(v.bpb)
+        for t, v in r.zero_shot_tasks.items():
             if t not in tasks:
                 tasks.append(t)
-            row[ACC_PREFIX + t] = to_float(v.get("acc"))
-            row[ACC_SE + t] = to_float(v.get("acc_stderr"))
-        throughput = throughput_columns(r)
+            row[ACC_PREFIX + t] = to_float(v.acc)
+            row[ACC_SE + t] = to_float(v.acc_stderr)
+        throughput = _throughput_columns(r)
         batches.extend(c[len(TOK_PREFIX):] for c in throughput if c.startswith(TOK_PREFIX) and c[len(TOK_PREFIX):] not in batches)
         row.update(throughput)
         rows.append(row)
@@ -191,7 +158,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame.drop(columns="_order").reset_index(drop=True)
 
 
-def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def results_frame(records: Iterable[CellRecord | dict[str, Any]]) -> pd.DataFrame:
     """One row per configuration: the ``ok`` records that differ only by seed are aggregated
     (:func:`harness.report.repeats.aggregate_repeats`). Columns as in :func:`records_frame`,
     with ``n`` (seeds) in place of ``seed``, and ``seeds`` and ``keys`` at the end; numbers
@@ -200,11 +167,11 @@ def results_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     Sorted by model, the reference first, then method, then bits descending.
     """
-    records = list(records)
+    records = [CellRecord.load(r) for r in records]
     return aggregate_results(records_frame(records), records)
 
 
-def aggregate_results(by_record: pd.DataFrame, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def aggregate_results(by_record: pd.DataFrame, records: Sequence[CellRecord | dict[str, Any]]) -> pd.DataFrame:
     """:func:`results_frame` from an already built :func:`records_frame` of ``records``."""
     frame = aggregate_repeats(by_record, records)
     columns = list(frame.columns)
@@ -217,43 +184,40 @@ def aggregate_results(by_record: pd.DataFrame, records: Sequence[dict[str, Any]]
     return frame.reset_index(drop=True)
 
 
-def failures_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def _message(error: Any) -> str:
+    """An error message on one line, truncated to :data:`_MESSAGE_CHARS`."""
+    message = " ".join(str(error or "").split())
+    return message[: _MESSAGE_CHARS - 1] + "…" if len(message) > _MESSAGE_CHARS else message
+
+
+def failures_frame(records: Iterable[CellRecord | dict[str, Any]]) -> pd.DataFrame:
     """One row per record whose status is not ``ok``: ``cell`` (label), ``params``, ``error``
     (type and first line of the message, truncated) and ``key``."""
-    records = list(records)
+    records = [CellRecord.load(r) for r in records]
     params = params_strings(records)
     rows = []
     for r in records:
-        if r.get("status") == "ok":
+        if r.ok:
             continue
-        error = r.get("error") or {}
-        message = " ".join(str(error.get("message") or "").split())
-        if len(message) > _MESSAGE_CHARS:
-            message = message[: _MESSAGE_CHARS - 1] + "…"
-        kind = error.get("type") or "unknown error"
+        message = _message(r.error.message if r.error is not None else None)
+        kind = (r.error.type if r.error is not None else None) or "unknown error"
         rows.append({
-            "cell": str(r.get("label", r["key"])),
-            "params": params[r["key"]],
+            "cell": str(r.label or r.key),
+            "params": params[r.key],
             "error": f"{kind}: {message}" if message else kind,
-            "key": r["key"],
+            "key": r.key,
         })
     return pd.DataFrame(rows, columns=["cell", "params", "error", "key"])
 
 
-def evaluation_errors_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def evaluation_errors_frame(records: Iterable[CellRecord | dict[str, Any]]) -> pd.DataFrame:
     """One row per evaluation that failed inside an ``ok`` record (e.g. a zero-shot task whose
     dataset is not reachable): ``cell``, ``evaluation`` (``zero_shot:<task>``), ``error``, ``key``."""
     rows = []
-    for r in records:
-        if r.get("status") != "ok":
+    for r in map(CellRecord.load, records):
+        if not r.ok:
             continue
-        zs = (r.get("metrics") or {}).get("zero_shot") or {}
-        errors = [("zero_shot", zs.get("error"))] if isinstance(zs, dict) and zs.get("error") else []
-        errors += [(f"zero_shot:{t}", v.get("error")) for t, v in zero_shot_tasks(r).items() if v.get("error")]
-        for evaluation, error in errors:
-            message = " ".join(str(error.get("message") or "").split())
-            if len(message) > _MESSAGE_CHARS:
-                message = message[: _MESSAGE_CHARS - 1] + "…"
-            rows.append({"cell": str(r.get("label", r["key"])), "evaluation": evaluation,
-                         "error": f"{error.get('type') or 'error'}: {message}", "key": r["key"]})
+        for evaluation, error in r.evaluation_errors():
+            rows.append({"cell": str(r.label or r.key), "evaluation": evaluation,
+                         "error": f"{error.get('type') or 'error'}: {_message(error.get('message'))}", "key": r.key})
     return pd.DataFrame(rows, columns=["cell", "evaluation", "error", "key"])

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.record import CellRecord, RecordError
 from harness.report.tables import evaluation_errors_frame, failures_frame, results_frame, to_markdown
 from harness.store import ResultStore, atomic_write_text
 
@@ -113,7 +114,7 @@ def _without_failures(text: str) -> str:
 
 # --------------------------------------------------------------------------- sections
 
-def _table_sections(store: ResultStore, records: Sequence[dict[str, Any]]) -> list[Section]:
+def _table_sections(store: ResultStore, records: Sequence[CellRecord]) -> list[Section]:
     """The results table, then every other table under ``tables/`` (Markdown, else CSV)."""
     tables = store.tables_dir
     results_md = tables / "results.md"
@@ -192,31 +193,32 @@ def _tail(text: str, lines: int = _TRACEBACK_LINES) -> str:
     return "\n".join((["…"] if len(kept) > lines else []) + kept[-lines:])
 
 
-def _failures(store: ResultStore, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _failures(store: ResultStore, records: Sequence[CellRecord]) -> list[dict[str, Any]]:
     """Failed cells with their full error message and traceback tail."""
     summary = failures_frame(records).set_index("key")
     rows = []
     for r in records:
-        if r.get("status") == "ok":
+        if r.ok:
             continue
-        error = r.get("error") if isinstance(r.get("error"), dict) else {}
-        traceback = error.get("traceback") or ""
-        if not traceback and error.get("traceback_file"):
+        error = r.error if r.error is not None else RecordError()
+        more = error.model_extra or {}  # traceback (or traceback_file), attempts
+        traceback = more.get("traceback") or ""
+        if not traceback and more.get("traceback_file"):
             try:
-                traceback = (store.root / str(error["traceback_file"])).read_text(encoding="utf-8", errors="replace")
+                traceback = (store.root / str(more["traceback_file"])).read_text(encoding="utf-8", errors="replace")
             except OSError:
                 traceback = ""
         rows.append({
-            "label": str(r.get("label", r["key"])),
-            "key": r["key"],
-            "params": summary.loc[r["key"], "params"] if r["key"] in summary.index else "",
-            "status": str(r.get("status")),
-            "kind": error.get("kind") or "",
-            "type": error.get("type") or "unknown error",
-            "message": str(error.get("message") or ""),
-            "attempts": error.get("attempts"),
+            "label": str(r.label or r.key),
+            "key": r.key,
+            "params": summary.loc[r.key, "params"] if r.key in summary.index else "",
+            "status": str(r.status),
+            "kind": error.kind or "",
+            "type": error.type or "unknown error",
+            "message": str(error.message or ""),
+            "attempts": more.get("attempts"),
             "traceback": _tail(str(traceback)) if traceback else "",
-            "finished_at": r.get("finished_at") or "",
+            "finished_at": r.finished_at or "",
         })
     return rows
 
@@ -234,14 +236,13 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]
             yield name, str(value)
 
 
-def _environment(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[tuple[str, int]]]]:
+def _environment(records: Sequence[CellRecord]) -> list[tuple[str, list[tuple[str, int]]]]:
     """[(field, [(value, number of cells), ...]), ...] over the records' ``environment``
     (nested fields dotted, e.g. ``packages.torch``), in first-seen order."""
     seen: dict[str, Counter[str]] = {}
     for r in records:
-        env = r.get("environment")
-        if isinstance(env, dict):
-            for name, value in _flatten(env):
+        if isinstance(r.environment, dict):
+            for name, value in _flatten(r.environment):
                 seen.setdefault(name, Counter())[value] += 1
     return [(name, counts.most_common()) for name, counts in seen.items()]
 
@@ -260,9 +261,11 @@ def _suites(store: ResultStore, suite_text: str | None) -> list[tuple[str, str]]
     return suites
 
 
-def _stand_ins(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct stand-in descriptions of the records (``harness run --stand-in``)."""
-    found = (r["stand_in"] for r in records if isinstance(r.get("stand_in"), dict))
+def _stand_ins(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
+    """The distinct stand-in descriptions of the records (``harness run --stand-in``: the
+    records' extra field ``stand_in``)."""
+    found = ((r.model_extra or {}).get("stand_in") for r in records)
+    found = (s for s in found if isinstance(s, dict))
     return list({json.dumps(s, sort_keys=True): s for s in found}.values())
 
 
@@ -280,8 +283,8 @@ def render_html_report(store: ResultStore, *, title: str | None = None, suite_te
     from jinja2 import Environment, FileSystemLoader
 
     records = store.records()
-    ok = sum(r.get("status") == "ok" for r in records)
-    finished = sorted(str(r["finished_at"]) for r in records if r.get("finished_at"))
+    ok = sum(r.ok for r in records)
+    finished = sorted(str(r.finished_at) for r in records if r.finished_at)
     plots = _images(store)
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent), autoescape=True, trim_blocks=True, lstrip_blocks=True
@@ -291,7 +294,7 @@ def render_html_report(store: ResultStore, *, title: str | None = None, suite_te
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         harness_version=_harness_version(),
         results_dir=store.root.name,
-        suite_names=sorted({str(r["suite"]) for r in records if r.get("suite")}),
+        suite_names=sorted({str(r.suite) for r in records if r.suite}),
         n_ok=ok,
         n_failed=len(records) - ok,
         finished=(finished[0], finished[-1]) if finished else None,
@@ -303,7 +306,7 @@ def render_html_report(store: ResultStore, *, title: str | None = None, suite_te
         suites=_suites(store, suite_text),
         stand_ins=_stand_ins(records),
         environment=_environment(records),
-        n_environment=sum(isinstance(r.get("environment"), dict) for r in records),
+        n_environment=sum(isinstance(r.environment, dict) for r in records),
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from harness.analysis.layers import LayerEntry, LayerTable, layer_table
 from harness.errors import HarnessError
+from harness.record import CellRecord
 from harness.report.style import PLOT_FORMATS, render
 from harness.store import ResultStore, atomic_write_bytes
 
@@ -49,7 +50,7 @@ def result_roots(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.glob("*/records") if p.is_dir())
 
 
-def find_record(cell: str, results: Path) -> tuple[dict[str, Any], Path]:
+def find_record(cell: str, results: Path) -> tuple[CellRecord, Path]:
     """(record, results directory) of the one record that `cell` names: an exact key, an exact
     label, a unique key prefix or a unique label pattern (fnmatch), tried in that order.
     Raises HarnessError when nothing or more than one record matches (listing candidates)."""
@@ -61,10 +62,10 @@ def find_record(cell: str, results: Path) -> tuple[dict[str, Any], Path]:
         )
     records = [(r, root) for root in roots for r in ResultStore(root).records()]
     rules = (
-        lambda r: r["key"] == cell,
-        lambda r: str(r.get("label", "")) == cell,
-        lambda r: r["key"].startswith(cell),
-        lambda r: fnmatch.fnmatchcase(str(r.get("label", "")), cell),
+        lambda r: r.key == cell,
+        lambda r: str(r.label or "") == cell,
+        lambda r: r.key.startswith(cell),
+        lambda r: fnmatch.fnmatchcase(str(r.label or ""), cell),
     )
     for rule in rules:
         matches = [(r, root) for r, root in records if rule(r)]
@@ -72,7 +73,7 @@ def find_record(cell: str, results: Path) -> tuple[dict[str, Any], Path]:
             break
     where = ", ".join(str(r) for r in roots)
     if not matches:
-        labels = sorted({str(r.get("label", "")) for r, _ in records})
+        labels = sorted({str(r.label or "") for r, _ in records})
         close = difflib.get_close_matches(cell, labels, n=5, cutoff=0.5)
         if close:
             hint = f" Did you mean: {', '.join(close)}?"
@@ -85,7 +86,7 @@ def find_record(cell: str, results: Path) -> tuple[dict[str, Any], Path]:
             f"'smollm2-135m/crvq/b1' (`harness show` lists records).{hint}"
         )
     if len(matches) > 1:
-        shown = "; ".join(f"{r.get('label')} ({r['key']}) in {root}" for r, root in matches[:10])
+        shown = "; ".join(f"{r.label} ({r.key}) in {root}" for r, root in matches[:10])
         more = f"; and {len(matches) - 10} more" if len(matches) > 10 else ""
         raise HarnessError(
             f"'{cell}' matches {len(matches)} records: {shown}{more}. Give the full key, or pick the results "
@@ -249,7 +250,7 @@ class Inspection:
     """What `inspect_record` found and wrote: the layer table, its per-block summary, the
     written paths and notes for the user (e.g. an error field fallback)."""
 
-    record: dict[str, Any]
+    record: CellRecord
     root: Path
     table: LayerTable
     summary: list[dict[str, Any]]
@@ -262,25 +263,26 @@ def inspect_path(root: Path, key: str, what: str, fmt: str) -> Path:
     return ResultStore(root).plots_dir / INSPECT_DIR / f"{key}_{what}.{fmt}"
 
 
-def _check(record: dict[str, Any], table: LayerTable) -> None:
-    label = f"cell {record.get('label')} ({record['key']})"
-    if record.get("status") != "ok" and not record.get("layers"):
-        raise HarnessError(f"{label} did not finish (status {record.get('status')}): it has no per-layer log; "
-                           f"`harness show {record['key']}` shows its error.")
+def _check(record: CellRecord, table: LayerTable) -> None:
+    label = f"cell {record.label} ({record.key})"
+    if not record.ok and not record.layers:
+        raise HarnessError(f"{label} did not finish (status {record.status}): it has no per-layer log; "
+                           f"`harness show {record.key}` shows its error.")
     if not table.entries:
-        what = "the unquantized reference" if record.get("reference") else f"method {record.get('method')}"
+        what = "the unquantized reference" if record.is_reference else f"method {record.method}"
         raise HarnessError(f"{label} is {what}: its record has no quantized layers to inspect; pick a quantized cell "
                            f"(e.g. its crvq or gptq line).")
     if table.error_field is None:
-        raise HarnessError(f"{label}: its layers carry no layer-output error (method {record.get('method')} is "
+        raise HarnessError(f"{label}: its layers carry no layer-output error (method {record.method} is "
                            f"calibration-free, so no H was collected); inspect a calibrated cell (gptq, aqlm, crvq).")
 
 
-def inspect_record(record: dict[str, Any], root: Path, formats: Sequence[str] = PLOT_FORMATS) -> Inspection:
+def inspect_record(record: CellRecord | dict[str, Any], root: Path, formats: Sequence[str] = PLOT_FORMATS) -> Inspection:
     """Per-layer diagnostics of `record` (found in results directory `root`): writes the
     layer-error heatmap and, for records with importance scores, the importance figure.
     Raises HarnessError for records without quantized layers or layer errors."""
-    table = layer_table(record.get("layers") or [])
+    record = CellRecord.load(record)
+    table = layer_table(record.layers or [])
     _check(record, table)
     result = Inspection(record, Path(root), table, table.block_summary())
     if table.error_field != "output_error":
@@ -288,20 +290,20 @@ def inspect_record(record: dict[str, Any], root: Path, formats: Sequence[str] = 
             f"this record has no `output_error` (made before it was recorded): showing `{table.error_field}`, the "
             f"method's own error (AQLM/CRVQ: before block fine-tuning); re-run the cell for the saved layers' error."
         )
-    if record.get("finetune_e2e"):
+    if (record.model_extra or {}).get("finetune_e2e"):
         result.notes.append("end-to-end fine-tuning ran after the layer errors were measured (after block "
                             "fine-tuning): the saved layers differ from the ones measured here.")
-    label = str(record.get("label", record["key"]))
+    label = str(record.label or record.key)
     bits = next((row["bits"] for row in result.summary if row["block"] == "all"), math.nan)
-    title = f"{label} ({record['key']})\nrelative layer-output error of {len(table.entries)} linears, {bits:.3f} bits/weight"
+    title = f"{label} ({record.key})\nrelative layer-output error of {len(table.entries)} linears, {bits:.3f} bits/weight"
     figures = {"layer_error": layer_error_figure(table, title)}
     rule = next((e.log.get("importance") for e in table.entries if "importance" in e.log), None)
-    importance = importance_figure(table, f"{label} ({record['key']}): channel importance `{rule}` per layer")
+    importance = importance_figure(table, f"{label} ({record.key}): channel importance `{rule}` per layer")
     if importance is not None:
         figures["importance"] = importance
         if any(_importance(e) is not None and "hist" not in _importance(e) for e in table.entries):
             result.notes.append("importance scores without histograms (older record): quantile lines only.")
     for what, fig in figures.items():
         for fmt in formats:
-            result.paths.append(atomic_write_bytes(inspect_path(root, record["key"], what, fmt), render(fig, fmt)))
+            result.paths.append(atomic_write_bytes(inspect_path(root, record.key, what, fmt), render(fig, fmt)))
     return result

@@ -6,8 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pandas as pd
 
 from harness.report.display import TEXT, display
-from harness.report.frames import ACC_AVG, ACC_PREFIX, BPB_PREFIX, PPL_PREFIX
-from harness.report.repeats import TOK_PREFIX
+from harness.columns import ACC_AVG, ACC_PREFIX, BPB_PREFIX, PPL_PREFIX, TOK_PREFIX
 
 __all__ = ["latex_escape", "latex_model_groups", "latex_spanners", "to_latex"]
 

@@ -3,9 +3,9 @@ per method configuration, columns as in the CRVQ/AQLM papers' main tables.
 
 Columns: method, bits (the paper's accounting, `bits_paper`), stored bits (`bits`), perplexity
 per dataset (wikitext2, c4, ptb first), zero-shot accuracy per task in percent (the six paper
-tasks first) and their average. Zero-shot results are read from `metrics.zero_shot`
-({task: {acc, acc_stderr, acc_norm, acc_norm_stderr}, ..., "average": ...}); records without
-them just leave those cells empty. The average is recomputed over the shown tasks with the
+tasks first) and their average. Zero-shot results are the records' tasks
+(:attr:`harness.record.CellRecord.zero_shot_tasks`); records without them just leave those
+cells empty. The average is recomputed over the shown tasks with the
 chosen metric, and only for rows that have all of them.
 
 Rows: per model the unquantized reference first, then by the paper's bits descending; rows of
@@ -15,7 +15,7 @@ after them, alphabetically. A method label listed there is shown by its name (`r
 other labels (e.g. `aqlm-harness`) as they are.
 
 Repeats of one configuration with other seeds (`seeds:` in the suite; grouped as in the results
-table, :func:`harness.report.repeats.repeat_group`) are one row: the mean over seeds, shown as
+table, :attr:`harness.record.CellRecord.repeat_group`) are one row: the mean over seeds, shown as
 `mean ± std` with the number of seeds in an `n` column (`std:<column>` holds the standard
 deviations in the frame); a table without repeats has neither.
 
@@ -33,10 +33,14 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.frames import model_label, to_float
+from harness.columns import PPL_PREFIX as PPL
+from harness.columns import STD_PREFIX as STD
+from harness.columns import ZS_AVG as AVG
+from harness.columns import ZS_PREFIX as ZS
+from harness.record import CellRecord
+from harness.report.frames import to_float
 from harness.report.latex import latex_escape, latex_model_groups, latex_spanners
 from harness.report.reference import Reference, ReferenceEntry
-from harness.report.repeats import record_seed, repeat_group
 from harness.report.style import BITS_SPEC, PPL_SPEC, fmt_cell, is_missing
 from harness.store import ResultStore, atomic_write_text
 from harness.suite.schema import PAPER_METHODS
@@ -49,25 +53,7 @@ PAPER_DATASETS = ("wikitext2", "c4", "ptb")
 _TASK_HEADERS = {"winogrande": "WinoGrande", "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-e",
                  "arc_challenge": "ARC-c", "boolq": "BoolQ"}
 _DATASET_HEADERS = {"wikitext2": "Wiki2", "c4": "C4", "ptb": "PTB"}
-PPL, ZS, AVG, STD = "ppl:", "zs:", "zs:avg", "std:"
 METRICS = ("acc", "acc_norm")
-
-
-# --------------------------------------------------------------------------- reading records
-
-def _zero_shot(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{task: {acc, acc_norm, ...}} of a record (empty when it has none)."""
-    zs = (record.get("metrics") or {}).get("zero_shot") or {}
-    if isinstance(zs.get("tasks"), dict):
-        zs = zs["tasks"]
-    return {task: value for task, value in zs.items() if isinstance(value, dict)}
-
-
-def _accuracy(result: dict[str, Any], metric: str) -> float | None:
-    value = result.get(metric)
-    if value is None and metric == "acc_norm":
-        value = result.get("acc")  # tasks without a normalised accuracy (winogrande, boolq)
-    return None if value is None else float(value)
 
 
 def _ordered(found: Iterable[str], first: Sequence[str]) -> list[str]:
@@ -75,9 +61,8 @@ def _ordered(found: Iterable[str], first: Sequence[str]) -> list[str]:
     return [x for x in first if x in found] + [x for x in found if x not in first]
 
 
-def _method_name(record: dict[str, Any], methods: Mapping[str, str]) -> str:
-    label = str(record.get("method_label") or record.get("method"))
-    return methods.get(label, label)
+def _method_name(record: CellRecord, methods: Mapping[str, str]) -> str:
+    return methods.get(record.method_label, record.method_label)
 
 
 def paper_methods(specs: Iterable[Any] = ()) -> dict[str, str]:
@@ -105,7 +90,7 @@ def _mean_over_seeds(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict
 
 # --------------------------------------------------------------------------- the frame
 
-def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None = None, *,
+def paper_frame(records: Iterable[CellRecord | dict[str, Any]], reference: Reference | None = None, *,
                 metric: str = "acc", methods: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The paper table as a frame: columns `model, method, kind, bits, stored_bits`, one
     `ppl:<dataset>` per dataset, one `zs:<task>` per task (percent) and `zs:avg`; with repeats
@@ -117,24 +102,23 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
         raise ValueError(f"zero-shot metric must be one of {', '.join(METRICS)}, got {metric!r}")
     methods = dict(PAPER_METHODS if methods is None else methods)
     order = {name: i for i, name in enumerate(methods)}
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in map(CellRecord.load, records) if r.ok]
     entries = list(reference.entries) if reference else []
-    found_tasks = [t for r in ok for t in _zero_shot(r)]
+    found_tasks = [t for r in ok for t in r.zero_shot_tasks]
     published_keys = [k for e in entries for k in e.metrics]
     tasks = _ordered(found_tasks + [k for k in published_keys if k in PAPER_TASKS], PAPER_TASKS)
-    found_datasets = [d for r in ok for d in ((r.get("metrics") or {}).get("perplexity") or {})]
+    found_datasets = [d for r in ok for d in r.perplexities]
     datasets = _ordered(found_datasets + [k for k in published_keys if k not in tasks], PAPER_DATASETS)
     columns = ["model", "method", "kind", "bits", "stored_bits", *(PPL + d for d in datasets),
                *(ZS + t for t in tasks), *([AVG] if tasks else [])]
 
-    def result_row(r: dict[str, Any]) -> dict[str, Any]:
-        m = r.get("metrics") or {}
-        row = {"model": model_label(r), "method": _method_name(r, methods),
-               "kind": "result", "bits": to_float(m.get("bits_paper")), "stored_bits": to_float(m.get("bits"))}
-        for d, v in (m.get("perplexity") or {}).items():
-            row[PPL + d] = to_float(v.get("ppl") if isinstance(v, dict) else v)
-        for t, v in _zero_shot(r).items():
-            acc = _accuracy(v, metric)
+    def result_row(r: CellRecord) -> dict[str, Any]:
+        row = {"model": r.model_label, "method": _method_name(r, methods),
+               "kind": "result", "bits": to_float(r.metric("bits_paper")), "stored_bits": to_float(r.bits)}
+        for d, v in r.perplexities.items():
+            row[PPL + d] = to_float(v.ppl)
+        for t, v in r.zero_shot_tasks.items():
+            acc = v.accuracy(metric)
             row[ZS + t] = math.nan if acc is None else 100 * acc
         return row
 
@@ -159,12 +143,12 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
             row[c] = ours.get(c, math.nan) - published.get(c, math.nan) if c != "stored_bits" else math.nan
         return row
 
-    repeats: dict[str, list[dict[str, Any]]] = {}
+    repeats: dict[str, list[CellRecord]] = {}
     for r in ok:
-        repeats.setdefault(repeat_group(r), []).append(r)
-    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        repeats.setdefault(r.repeat_group, []).append(r)
+    groups: dict[str, list[tuple[CellRecord, dict[str, Any]]]] = {}
     for members in repeats.values():
-        members.sort(key=lambda r: (record_seed(r) is None, record_seed(r) or 0))
+        members.sort(key=lambda r: r.seed)
         row = _mean_over_seeds([with_average(result_row(r)) for r in members], columns)
         groups.setdefault(row["model"], []).append((members[0], row))
     if any(row["n"] > 1 for members in groups.values() for _, row in members):
@@ -172,9 +156,8 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
     rows: list[dict[str, Any]] = []
     used: set[int] = set()
     for model, members in groups.items():
-        members.sort(key=lambda x: (not x[0].get("reference", x[0].get("method") == "none"),
-                                    -(x[1]["bits"] if not math.isnan(x[1]["bits"]) else math.inf),
-                                    order.get(str(x[0].get("method")), len(order)), x[1]["method"]))
+        members.sort(key=lambda x: (not x[0].is_reference, -(x[1]["bits"] if not math.isnan(x[1]["bits"]) else math.inf),
+                                    order.get(str(x[0].method), len(order)), x[1]["method"]))
         for record, row in members:
             rows.append(row)
             for i, e in enumerate(entries):
@@ -182,7 +165,7 @@ def paper_frame(records: Iterable[dict[str, Any]], reference: Reference | None =
                     used.add(i)
                     pub = with_average(published_row(model, e))
                     rows += [pub, delta_row(row, pub, e)]
-        model_info = members[0][0].get("model") or {}
+        model_info = members[0][0].model or {}
         for i, e in enumerate(entries):
             if i not in used and e.matches_model(model_info.get("id"), model_info.get("label")):
                 used.add(i)
@@ -298,7 +281,7 @@ def write_paper_tables(store: ResultStore, *, reference: Reference | None = None
     records = store.records()
     frame = paper_frame(records, reference, metric=metric, methods=methods)
     if title is None:
-        suites = sorted({str(r["suite"]) for r in records if r.get("suite")})
+        suites = sorted({str(r.suite) for r in records if r.suite})
         title = f"{', '.join(suites) or 'Results'} (paper layout)"
     written = []
     if "markdown" in formats:

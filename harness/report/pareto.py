@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from harness.columns import ACC_AVG, ACC_STD, BPB_PREFIX, BPB_STD, PPL_PREFIX, PPL_STD
 from harness.report.style import PLOT_FORMATS, check_plot_formats, log_y, marker, minor_tick, plain_tick, render, safe_name
-from harness.report.repeats import ACC_STD, BPB_STD, PPL_STD
-from harness.report.frames import ACC_AVG, BPB_PREFIX, PPL_PREFIX
 from harness.store import atomic_write_bytes
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.report.frames import ACC_AVG, ACC_PREFIX, PPL_PREFIX
+from harness.columns import ACC_AVG, ACC_PREFIX, PPL_PREFIX
 from harness.report.style import (
     PLOT_FORMATS,
     check_plot_formats,

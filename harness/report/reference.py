@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.record import CellRecord
 
 __all__ = ["Reference", "ReferenceEntry", "Source", "load_reference"]
 
@@ -60,12 +63,12 @@ class ReferenceEntry(_Strict):
         names |= {n.rstrip("/").split("/")[-1] for n in list(names)}
         return self.model in names or self.model.rstrip("/").split("/")[-1] in names
 
-    def matches_record(self, record: dict[str, Any]) -> bool:
+    def matches_record(self, record: CellRecord) -> bool:
         """Same model, same method, and every `match` param equal to the record's."""
-        model = record.get("model") or {}
-        if record.get("method") != self.method or not self.matches_model(model.get("id"), model.get("label")):
+        model = record.model or {}
+        if record.method != self.method or not self.matches_model(model.get("id"), model.get("label")):
             return False
-        params = record.get("params") or {}
+        params = record.params or {}
         return all(key in params and params[key] == value for key, value in self.match.items())
 
 
@@ -99,11 +102,8 @@ def load_reference(path: str | os.PathLike) -> Reference:
         raise HarnessError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}).") from exc
     try:
         return Reference.model_validate(raw)
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors()[:3]:
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            parts.append(f"field `{loc}`: {msg}")
-        raise HarnessError(f"{p}: invalid reference file — " + "; ".join(parts)
-                           + ". See harness/report/reference.py for the format.") from exc
+    except ValidationError as exc:  # the one-paragraph message of suites and claims files
+        from harness.suite import _validation_message
+
+        raise HarnessError(_validation_message(
+            str(p), exc, "reference file", "See harness/report/reference.py for the format.")) from exc

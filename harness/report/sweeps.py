@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from harness.columns import PPL_PREFIX as PPL
+from harness.columns import PPL_STD as STD
 from harness.errors import HarnessError
+from harness.record import CellRecord
 from harness.report.display import markdown_table
-from harness.report.frames import model_label, to_float
+from harness.report.frames import to_float
 from harness.report.style import fmt_bits, fmt_ppl, log_y, marker, reference_linestyle, render, safe_name
-from harness.report.repeats import repeat_group
 from harness.store import ResultStore, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -45,9 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["Sweep", "as_sweeps", "sweep_frame", "sweep_markdown", "write_sweeps"]
-
-PPL = "ppl:"
-STD = "ppl_std:"
 
 
 @dataclass(frozen=True)
@@ -106,45 +105,40 @@ def _value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True, separators=(",", ":")) if isinstance(value, (list, dict)) else value
 
 
-def _ppl(record: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for dataset, value in ((record.get("metrics") or {}).get("perplexity") or {}).items():
-        ppl = value.get("ppl") if isinstance(value, dict) else value
-        out[PPL + dataset] = float(ppl) if ppl is not None else math.nan
-    return out
+def _ppl(record: CellRecord) -> dict[str, float]:
+    return {PPL + dataset: to_float(value.ppl) for dataset, value in record.perplexities.items()}
 
 
-def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+def sweep_frame(records: Iterable[CellRecord | dict[str, Any]], sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(points, baselines). points: one row per (model, x, lines, other varying params) of
     the sweep's method, columns ``model, x, lines, series, n, bits, bits_paper, ppl:<dataset>...``
     (means over seeds) and ``ppl_std:<dataset>...`` (standard deviation over seeds; NaN for one).
     baselines: every other finished cell of those models (means over seeds; by bits, the
     unquantized reference last), columns ``model, label, bits`` (their ``bits_paper``, as the
     points), ``ppl:<dataset>..., n``."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    of_method = [r for r in ok if r.get("method") == sweep.method]
-    members = [r for r in of_method if sweep.x in (r.get("params") or {})]
+    ok = [r for r in map(CellRecord.load, records) if r.ok]
+    of_method = [r for r in ok if r.method == sweep.method]
+    members = [r for r in of_method if sweep.x in (r.params or {})]
     if len(members) < len(of_method):
         logger.warning("sweep %s: %d %s cell(s) have no parameter %r and are left out", sweep.stem,
                        len(of_method) - len(members), sweep.method, sweep.x)
     swept = {sweep.x, sweep.lines} - {None}
-    params = [{k: _value(v) for k, v in (r.get("params") or {}).items()} for r in members]
+    params = [{k: _value(v) for k, v in (r.params or {}).items()} for r in members]
     names = list(dict.fromkeys(k for p in params for k in p if k not in swept))
     varying = [k for k in names if len({p.get(k, "∅") for p in params}) > 1]
     rows = []
     for r, p in zip(members, params):
-        metrics = r.get("metrics") or {}
         rows.append({
-            "model": model_label(r), "x": p[sweep.x], "lines": p.get(sweep.lines) if sweep.lines else None,
+            "model": r.model_label, "x": p[sweep.x], "lines": p.get(sweep.lines) if sweep.lines else None,
             "series": " ".join(f"{k}={p[k]}" for k in varying if k in p),
-            "bits": to_float(metrics.get("bits")), "bits_paper": to_float(metrics.get("bits_paper")), **_ppl(r),
+            "bits": to_float(r.bits), "bits_paper": to_float(r.metric("bits_paper")), **_ppl(r),
         })
     datasets = list(dict.fromkeys(c for row in rows for c in row if c.startswith(PPL)))
     columns = ["model", "x", "lines", "series", "n", "bits", "bits_paper", *datasets]
     points = pd.DataFrame(rows, columns=[c for c in columns if c != "n"])
     if not points.empty:
         keys = ["model", "x", "lines", "series"]
-        configs = points.assign(config=[repeat_group(r) for r in members]).groupby(keys, dropna=False)["config"].nunique()
+        configs = points.assign(config=[r.repeat_group for r in members]).groupby(keys, dropna=False)["config"].nunique()
         if (configs > 1).any():  # same params, other calibration or evaluation settings
             logger.warning("sweep %s: cells with equal params but other settings (calibration, evaluations) are "
                            "averaged into one point; give them different suites or output directories", sweep.stem)
@@ -157,14 +151,12 @@ def sweep_frame(records: Iterable[dict[str, Any]], sweep: Sweep) -> tuple[pd.Dat
     models = set(points["model"])
     base_rows = []
     for r in ok:
-        if r.get("method") == sweep.method or model_label(r) not in models:
+        if r.method == sweep.method or r.model_label not in models:
             continue
-        label = str(r.get("method_label") or r.get("method"))
-        if r.get("budget") is not None:
-            label += f" b{r['budget']}"
-        metrics = r.get("metrics") or {}
-        bits = to_float(metrics.get("bits_paper", metrics.get("bits")))  # the points' accounting
-        base_rows.append({"model": model_label(r), "label": label, "bits": bits, **_ppl(r)})
+        label = r.method_label + (f" b{r.budget}" if r.budget is not None else "")
+        paper_bits = r.metric("bits_paper")
+        bits = to_float(r.bits if paper_bits is None else paper_bits)  # the points' accounting
+        base_rows.append({"model": r.model_label, "label": label, "bits": bits, **_ppl(r)})
     baselines = pd.DataFrame(base_rows, columns=["model", "label", "bits", *datasets])
     if not baselines.empty:
         grouped = baselines.groupby(["model", "label"], sort=False)
@@ -321,7 +313,7 @@ def sweep_figure(points: pd.DataFrame, baselines: pd.DataFrame, sweep: Sweep, mo
 
 
 def write_sweeps(store: ResultStore, sweeps: Sequence[Sweep], *, plots: Sequence[str] = ("png", "svg"),
-                 records: Sequence[dict[str, Any]] | None = None) -> list[Path]:
+                 records: Sequence[CellRecord] | None = None) -> list[Path]:
     """Write each sweep's table (Markdown + CSV) and plots; returns the paths."""
     records = store.records() if records is None else records
     written: list[Path] = []

@@ -11,27 +11,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.columns import ACC_AVG
 from harness.report.display import display, markdown_table, uncertainty_legend
 from harness.report.frames import (
-    ACC_AVG,
-    ACC_PREFIX,
-    PPL_PREFIX,
     aggregate_results,
     evaluation_errors_frame,
     failures_frame,
     params_strings,
     records_frame,
     results_frame,
-    zero_shot_tasks,
 )
 from harness.report.latex import latex_escape, latex_model_groups, latex_spanners, to_latex
 from harness.store import atomic_write_text
 
 __all__ = [
-    "ACC_AVG", "ACC_PREFIX", "PPL_PREFIX", "aggregate_results", "evaluation_errors_frame",
+    "aggregate_results", "evaluation_errors_frame",
     "evaluation_errors_markdown", "failures_frame", "failures_markdown", "latex_escape", "latex_model_groups",
     "latex_spanners", "params_strings", "records_frame", "results_frame", "to_latex", "to_markdown",
-    "write_by_seed_tables", "write_tables", "zero_shot_tasks",
+    "write_by_seed_tables", "write_tables",
 ]
 
 logger = logging.getLogger(__name__)
