@@ -372,12 +372,12 @@ def _variant_label(record: Mapping[str, Any]) -> str | None:
     if not isinstance(params, dict) or "variant" in params or not method or record.get("method_label") not in (None, method):
         return None
     try:
-        from harness.registry import get_method
+        from harness.registry import get_method, method_config
 
         cls = get_method(method)
         if "variant" not in cls.Config.model_fields:
             return None
-        label = cls.default_label(cls.Config.model_validate(params))
+        label = cls.default_label(method_config(cls, params=params))
     except Exception:  # an unknown method or outdated params: keep the stored label
         return None
     return None if label == method else label
