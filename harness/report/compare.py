@@ -74,7 +74,7 @@ def zero_shot_display_rows(result: CompareResult) -> list[dict[str, str]]:
             "model": z.model, "budget": _budget(z.budget), "task": z.task,
             f"{z.base.label} acc %": fmt_percent(z.base_acc), f"{z.against.label} acc %": fmt_percent(z.against_acc),
             "Δacc (points)": fmt_signed(100 * (z.against_acc - z.base_acc), 1),
-            level: "-" if z.delta is None else f"[{100 * z.delta.low:.1f}, {100 * z.delta.high:.1f}]".replace("-", "−"),
+            level: "-" if z.delta is None else f"[{fmt_percent(z.delta.low)}, {fmt_percent(z.delta.high)}]".replace("-", "−"),
             "p": "-" if z.p_value is None else f"{z.p_value:.3g}",
             "significant": {True: "yes", False: "no", None: "-"}[z.significant],
             "samples": _budget(z.samples),

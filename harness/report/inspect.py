@@ -26,7 +26,7 @@ import numpy as np
 from harness.analysis.layers import LayerEntry, LayerTable, layer_table
 from harness.errors import HarnessError
 from harness.record import CellRecord
-from harness.report.style import PLOT_FORMATS, render
+from harness.report.style import PLOT_FORMATS, fmt_bits, render
 from harness.store import ResultStore, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ def inspect_record(record: CellRecord | dict[str, Any], root: Path, formats: Seq
                             "fine-tuning): the saved layers differ from the ones measured here.")
     label = str(record.label or record.key)
     bits = next((row["bits"] for row in result.summary if row["block"] == "all"), math.nan)
-    title = f"{label} ({record.key})\nrelative layer-output error of {len(table.entries)} linears, {bits:.3f} bits/weight"
+    title = f"{label} ({record.key})\nrelative layer-output error of {len(table.entries)} linears, {fmt_bits(bits)} bits/weight"
     figures = {"layer_error": layer_error_figure(table, title)}
     rule = next((e.log.get("importance") for e in table.entries if "importance" in e.log), None)
     importance = importance_figure(table, f"{label} ({record.key}): channel importance `{rule}` per layer")

@@ -1,6 +1,7 @@
 """The report: tables (Markdown, LaTeX, CSV), failures and plots from a small store."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -169,3 +170,20 @@ def test_empty_store(tmp_path: Path) -> None:
 def test_unknown_format_is_refused(store: ResultStore) -> None:
     with pytest.raises(ValueError, match="html"):
         write_report(store, tables=("html",))
+
+
+def test_version_0_records_are_read_through_the_record_migration(tmp_path: Path) -> None:
+    """Records written before the typed record (bare perplexities, zero-shot without `tasks`, no
+    seed) load from the store and fill the same columns as current ones."""
+    old = {"key": "old0", "status": "ok", "label": f"{MODEL}/rtn/b4", "model": {"label": MODEL}, "method": "rtn",
+           "budget": 4, "params": {"bits": 4}, "metrics": {
+               "bits": 4.25, "perplexity": {"embedded": 13.5},
+               "zero_shot": {"piqa": {"acc": 0.625, "acc_stderr": 0.01}, "average": 0.625}}}
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "old0.json").write_text(json.dumps(old))
+    records = ResultStore(tmp_path).records()
+    frame = results_frame(records)
+    row = frame.iloc[0]
+    assert row["ppl:embedded"] == 13.5 and row["acc:piqa"] == 0.625 and row["acc:avg"] == 0.625
+    assert row["seeds"] == "0" and not row["reference"] and row["method"] == "rtn"
+    assert results_frame([old]).equals(frame)  # a raw dict reads the same as the stored record
