@@ -14,51 +14,40 @@ every calibrated method pays; whole-model time ~ blocks x per-block time (see qu
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.data import calibration_batch  # noqa: E402
-from harness.models import load_model  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_calibration_options, bench_parser, calibration_label, embedded_calibration, load_average, parse_args,
+    processor, timed, write_json,
+)
 from harness.pipeline import run_pipeline  # noqa: E402
 from methods.aqlm import AQLMConfig, AQLMQuantizer  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser()
     parser.add_argument("--budget", type=int, default=1)
     parser.add_argument("--params", default="{}", help="JSON params merged over the budget's preset")
     parser.add_argument("--blocks", type=int, default=3)
-    parser.add_argument("--num-sequences", type=int, default=128)
-    parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--calibration-dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_calibration_options(parser, dtype="bfloat16")
+    args = parse_args(parser)
 
     params = {**AQLMQuantizer.presets(args.budget), **json.loads(args.params)}
     quantizer = AQLMQuantizer(AQLMConfig.model_validate(params))
-    loaded = load_model("smollm2-135m", dtype=torch.float32, device="cpu", progress=False)
+    loaded, calib = embedded_calibration(args)
     model = loaded.model
     model.model.layers = model.model.layers[: args.blocks]
     model.config.num_hidden_layers = args.blocks
-    calib = calibration_batch("embedded", loaded.tokenizer, args.num_sequences, args.seqlen,
-                              torch.Generator().manual_seed(0))
-    load = os.getloadavg()[0]
-    start, cpu_start = time.perf_counter(), time.process_time()
-    logs = run_pipeline(model, quantizer, loaded.adapter, calib, seed=0, progress=True,
-                        compute_dtype=getattr(torch, args.calibration_dtype))
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    logs, seconds, cpu_seconds, load = timed(lambda: run_pipeline(
+        model, quantizer, loaded.adapter, calib, seed=0, progress=True,
+        compute_dtype=getattr(torch, args.calibration_dtype),
+    ))
 
     blocks = []
     for index in range(args.blocks):
@@ -73,9 +62,9 @@ def main() -> None:
         })
     layer_s = sum(b["layers_seconds"] for b in blocks)
     tune_s = sum(b.get("finetune_seconds", 0.0) for b in blocks)
-    result = {
+    write_json({
         "params": quantizer.config.model_dump(),
-        "calibration": f"{args.num_sequences}x{args.seqlen} embedded, forward passes in {args.calibration_dtype}",
+        "calibration": calibration_label(args),
         "blocks": args.blocks,
         "seconds_total": round(seconds, 1),
         "cpu_seconds_total": round(cpu_seconds, 1),
@@ -83,14 +72,9 @@ def main() -> None:
         "seconds_finetune": round(tune_s, 1),
         "seconds_calibration_passes": round(seconds - layer_s - tune_s, 1),
         "per_block": blocks,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"load average {load:.1f} at the start",
+        "machine": f"{processor()}, {torch.get_num_threads()} threads, load average {load:.1f} at the start",
         "torch": torch.__version__,
-    }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    }, args.out)
 
 
 if __name__ == "__main__":

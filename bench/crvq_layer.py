@@ -11,19 +11,17 @@ Published reference (a reference implementation of CRVQ on this machine): relati
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.crvq.algorithm import crvq_formula_bits, crvq_quantize  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_parser, machine_line, parse_args, section, seeded_runs, warm_torch_optim, write_result,
+)
+from methods.crvq.algorithm import CRVQResult, crvq_formula_bits, crvq_quantize  # noqa: E402
 from methods.crvq.config import PRESETS  # noqa: E402
 from tests.methods.aqlm.layer_reference import layer_reference  # noqa: E402
 
@@ -32,66 +30,38 @@ REFERENCE_REL_ERROR, REFERENCE_SECONDS, REFERENCE_BITS = 0.0248, 14.2, 1.4645
 
 def run(seeds: int) -> list[str]:
     W, H, _ = layer_reference()
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    warm_torch_optim()
     preset = PRESETS[1]
     ext = [preset["extended_nbits"]] * preset["num_extended_codebooks"]
-    lines = [
-        "## Layer reference: model.layers.10.self_attn.q_proj (576x576), CRVQ default (1x8 g8 + 3x8 "
-        "extended on 2% of channels, `wa`), lr 1e-4, 100 steps/epoch, <= 50 epochs, tol 0.01, no fine-tuning",
-        "",
-        f"Published CRVQ reference: relative output error {REFERENCE_REL_ERROR} in {REFERENCE_SECONDS} s "
-        f"at {REFERENCE_BITS} bits.",
-        "",
-        "| reorder | seed | rel. error | epochs | bits_paper | bits | wall s | CPU s | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for reorder in ("critical_first", "sorted"):
-        errors, walls = [], []
-        for seed in range(seeds):
-            load = os.getloadavg()[0]
-            gen = torch.Generator().manual_seed(seed)
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = crvq_quantize(
-                W, H, nbits=preset["nbits"], extended_nbits=ext, critical_ratio=preset["critical_ratio"],
-                importance="wa", in_group_size=preset["in_group_size"], generator=gen, reorder=reorder,
-                max_epochs=50, steps_per_epoch=100, lr=1e-4, relative_mse_tolerance=0.01,
-            )
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            args = (W.shape[0], W.shape[1], preset["in_group_size"], preset["nbits"], ext, res.n_crit)
-            paper, bits = crvq_formula_bits(*args, permutation=False), crvq_formula_bits(*args, permutation=True)
-            errors.append(res.aqlm.rel_error)
-            walls.append(wall)
-            lines.append(
-                f"| {reorder} | {seed} | {res.aqlm.rel_error:.4f} | {res.aqlm.epochs} | {paper:.4f} | {bits:.4f} "
-                f"| {wall:.2f} | {cpu:.2f} | {load:.1f} |"
-            )
-            print(lines[-1], flush=True)
-        lines.append(
-            f"| {reorder} | median | {statistics.median(errors):.4f} | | | | {statistics.median(walls):.2f} "
-            f"(min {min(walls):.2f}) | | |"
+
+    def quantize(reorder: str, generator: torch.Generator) -> CRVQResult:
+        return crvq_quantize(
+            W, H, nbits=preset["nbits"], extended_nbits=ext, critical_ratio=preset["critical_ratio"],
+            importance="wa", in_group_size=preset["in_group_size"], generator=generator, reorder=reorder,
+            max_epochs=50, steps_per_epoch=100, lr=1e-4, relative_mse_tolerance=0.01,
         )
-    return lines
+
+    def describe(res: CRVQResult) -> tuple[float, list[object]]:
+        args = (W.shape[0], W.shape[1], preset["in_group_size"], preset["nbits"], ext, res.n_crit)
+        paper, bits = crvq_formula_bits(*args, permutation=False), crvq_formula_bits(*args, permutation=True)
+        return res.aqlm.rel_error, [res.aqlm.epochs, f"{paper:.4f}", f"{bits:.4f}"]
+
+    return [
+        *section("Layer reference: model.layers.10.self_attn.q_proj (576x576), CRVQ default (1x8 g8 + 3x8 "
+                 "extended on 2% of channels, `wa`), lr 1e-4, 100 steps/epoch, <= 50 epochs, tol 0.01, no fine-tuning",
+                 ["reorder", "seed", "rel. error", "epochs", "bits_paper", "bits", "wall s", "CPU s", "load avg"],
+                 note=f"Published CRVQ reference: relative output error {REFERENCE_REL_ERROR} in {REFERENCE_SECONDS} s "
+                 f"at {REFERENCE_BITS} bits."),
+        *seeded_runs(("critical_first", "sorted"), seeds, quantize, describe),
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser()
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    lines = [
-        "# CRVQ layer benchmark",
-        "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the start",
-        "",
-        *run(args.seeds),
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    args = parse_args(parser)
+    lines = ["# CRVQ layer benchmark", "", machine_line(), "", *run(args.seeds), ""]
+    write_result("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

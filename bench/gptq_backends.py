@@ -15,19 +15,21 @@ listed with its ImportError. Takes about 1.5 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import os
-import time
+import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from harness.data import calibration_batch
-from harness.models import load_model
-from harness.quantizer import LayerStats, QuantContext
-from methods.gptq import GPTQConfig, GPTQQuantizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    add_calibration_options, bench_parser, best_of, embedded_calibration, load_average, parse_args, row, table_head,
+    write_result,
+)
+from harness.quantizer import LayerStats, QuantContext  # noqa: E402
+from methods.gptq import GPTQConfig, GPTQQuantizer  # noqa: E402
+from tests.fixtures.hessians import capture_hessians  # noqa: E402
 
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -42,46 +44,12 @@ SETTINGS = [
 BACKENDS = ["native", "gptqmodel", "auto-gptq"]
 
 
-class _Stop(Exception):
-    pass
-
-
-def capture_hessians(model: nn.Module, ids: torch.Tensor, block: int) -> dict[str, tuple[torch.Tensor, int]]:
-    """H (float64 mean of x xᵀ) and token count of every linear of `model.layers[block]`."""
-    names = [f"model.layers.{block}.{n}" for n in LINEARS]
-    sums: dict[str, list] = {n: [0.0, 0] for n in names}
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name][0] = sums[name][0] + x.T @ x
-            sums[name][1] += x.shape[0]
-            if name == names[-1]:
-                raise _Stop
-        return record
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for batch in ids.split(4):
-                try:
-                    model(batch)
-                except _Stop:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: (s / c, c) for n, (s, c) in sums.items()}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser()
     parser.add_argument("--block", type=int, default=3)
-    parser.add_argument("--num-sequences", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=512)
+    add_calibration_options(parser, num_sequences=8, dtype=None)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per layer (the fastest counts)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parse_args(parser)
 
     backends: dict[str, str | None] = {}
     for backend in BACKENDS:
@@ -92,10 +60,8 @@ def main() -> None:
             backends[backend] = str(exc)
     runnable = [b for b, err in backends.items() if err is None]
 
-    loaded = load_model("smollm2-135m", dtype=torch.float32, device=torch.device("cpu"), progress=False)
-    ids = calibration_batch("embedded", loaded.tokenizer, args.num_sequences, args.seqlen,
-                            torch.Generator().manual_seed(0))
-    stats = capture_hessians(loaded.model, ids, args.block)
+    loaded, ids = embedded_calibration(args)
+    stats = capture_hessians(loaded.model, ids.split(4), [f"model.layers.{args.block}.{n}" for n in LINEARS])
 
     versions = f"torch {torch.__version__}"
     if "gptqmodel" in runnable:
@@ -106,10 +72,9 @@ def main() -> None:
         f"{versions}; H from {args.num_sequences}x{args.seqlen} calibration tokens; error = "
         "sum over the block's linears of tr(ΔW H ΔWᵀ) / sum of tr(W H Wᵀ), of the stored layers; "
         "'vs native' = mean over layers of the per-layer error ratio; seconds = all 7 layers, "
-        f"fastest of {args.repeats} runs each (load average {os.getloadavg()[0]:.1f} at the start)",
+        f"fastest of {args.repeats} runs each (load average {load_average():.1f} at the start)",
         "",
-        "| setting | backend | rel. error | vs native | seconds |",
-        "|---|---|---:|---:|---:|",
+        *table_head(["setting", "backend", "rel. error", "vs native", "seconds"], left=2),
     ]
     for label, params in SETTINGS:
         native_errors: list[float] = []
@@ -118,30 +83,24 @@ def main() -> None:
             num = den = 0.0
             ratios, seconds = [], 0.0
             for i, (name, (H, count)) in enumerate(stats.items()):
-                W = loaded.model.get_submodule(name).weight.detach()
+                linear = loaded.model.get_submodule(name)
+                W = linear.weight.detach()
                 ctx = QuantContext(layer_name=name, block_index=args.block, generator=torch.Generator())
-                times = []
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    quantizer.quantize_linear(loaded.model.get_submodule(name), LayerStats(H, count), ctx)
-                    times.append(time.perf_counter() - t0)
-                seconds += min(times)
+                seconds += best_of(lambda: quantizer.quantize_linear(linear, LayerStats(H, count), ctx), args.repeats,
+                                   warmup=0)
                 rel = ctx.log[-1]["rel_error"]
                 energy = float(((W.double() @ H) * W.double()).sum())
                 num, den = num + rel * energy, den + energy
                 if backend == "native":
                     native_errors.append(rel)
                 ratios.append(rel / native_errors[i])
-            lines.append(f"| {label} | {backend} | {num / den:.5f} | {sum(ratios) / len(ratios):.3f} | {seconds:.2f} |")
+            mean_ratio = sum(ratios) / len(ratios)
+            lines.append(row([label, backend, f"{num / den:.5f}", f"{mean_ratio:.3f}", f"{seconds:.2f}"]))
     lines.append("")
     for backend, err in backends.items():
         if err is not None:
             lines.append(f"- `{backend}` not run: {err}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    write_result("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

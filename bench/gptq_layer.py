@@ -11,18 +11,18 @@ model. Runs in well under a minute.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-from methods.gptq.algorithm import gptq_quantize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHAPES = {"q_proj/o_proj": (576, 576), "k_proj/v_proj": (192, 576), "gate_proj/up_proj": (1536, 576),
-          "down_proj": (576, 1536)}
+from bench.common import (  # noqa: E402
+    SHAPES, best_of, bench_parser, load_average, parse_args, processor, row, table_head, write_result,
+)
+from methods.gptq.algorithm import gptq_quantize  # noqa: E402
+
 PER_BLOCK = {"q_proj/o_proj": 2, "k_proj/v_proj": 2, "gate_proj/up_proj": 2, "down_proj": 1}
 SETTINGS = [("g128", dict(group_size=128)), ("g64", dict(group_size=64)),
             ("g128 act_order", dict(group_size=128, act_order=True)), ("per-row", dict(group_size=-1))]
@@ -36,47 +36,32 @@ def hessian(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser()
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     gen = torch.Generator().manual_seed(0)
     H = {n: hessian(n, gen) for n in (576, 1536)}
     lines = [
         f"# native gptq_quantize, {args.bits} bits, SmolLM2-135M shapes",
         "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {processor()}; "
         f"best of {args.repeats} runs after 1 warm-up, seconds per layer; load average "
-        f"{os.getloadavg()[0]:.1f} at the start",
+        f"{load_average():.1f} at the start",
         "",
-        "| shape [out x in] | " + " | ".join(name for name, _ in SETTINGS) + " |",
-        "|---|" + "---:|" * len(SETTINGS),
+        *table_head(["shape [out x in]", *(name for name, _ in SETTINGS)]),
     ]
     per_model = {name: 0.0 for name, _ in SETTINGS}
     for label, (out, inp) in SHAPES.items():
         W = torch.randn(out, inp, generator=gen) * 0.05
         cells = []
         for name, params in SETTINGS:
-            times = []
-            for r in range(args.repeats + 1):
-                t0 = time.perf_counter()
-                gptq_quantize(W, H[inp], bits=args.bits, **params)
-                if r:
-                    times.append(time.perf_counter() - t0)
-            best = min(times)
+            best = best_of(lambda: gptq_quantize(W, H[inp], bits=args.bits, **params), args.repeats, warmup=1)
             per_model[name] += best * PER_BLOCK[label] * NUM_BLOCKS
             cells.append(f"{best:.3f}")
-        lines.append(f"| {label} {out}x{inp} | " + " | ".join(cells) + " |")
-    lines.append("| whole model (30 blocks x 7 linears) | " + " | ".join(f"{per_model[n]:.1f}" for n, _ in SETTINGS) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        lines.append(row([f"{label} {out}x{inp}", *cells]))
+    lines.append(row(["whole model (30 blocks x 7 linears)", *(f"{per_model[n]:.1f}" for n, _ in SETTINGS)]))
+    write_result("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from methods.common import unpack_rows
 from methods.gptq import GPTQConfig, GPTQLinear, GPTQQuantizer, export_gptq_checkpoint, load_gptq_checkpoint
 from methods.gptq.algorithm import gptq_quantize
 from methods.rtn.algorithm import dequantize_codes, minmax_grid, quantize_codes
+from tests.fixtures.hessians import capture_hessians
 
 
 def ctx(name: str = "blk.0.proj") -> QuantContext:
@@ -238,37 +239,16 @@ def test_gptq_beats_rtn_by_30_percent_on_real_layers(embedded) -> None:
 
     model = embedded.model
     names = ["model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.o_proj", "model.layers.3.mlp.down_proj"]
-    sums: dict[str, list] = {n: [0.0, 0] for n in names}
-
-    class Stop(Exception):
-        pass
-
-    def hook(name: str):
-        def record(module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            sums[name][0] = sums[name][0] + x.T @ x
-            sums[name][1] += x.shape[0]
-            if name == names[-1]:
-                raise Stop  # nothing after block 3's down_proj is needed
-        return record
-
     ids = calibration_batch("embedded", embedded.tokenizer, 8, 512, torch.Generator().manual_seed(0))
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for batch in ids.split(4):
-                with pytest.raises(Stop):
-                    model(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    stats = capture_hessians(model, ids.split(4), names)  # each forward stops after block 3's down_proj
     quantizer = GPTQQuantizer(GPTQConfig(bits=3, group_size=64))
     for name in names:
-        H = sums[name][0] / sums[name][1]
+        H, count = stats[name]
+        assert count == 8 * 512
         lin = model.get_submodule(name)
         W = lin.weight.detach()
         c = ctx(name)
-        layer = quantizer.quantize_linear(lin, LayerStats(H, sums[name][1]), c)
+        layer = quantizer.quantize_linear(lin, LayerStats(H, count), c)
         s, z = minmax_grid(W, 3, 64)
         rtn_error = relative_output_error(W, dequantize_codes(quantize_codes(W, s, z, 3, 64), s, z, 64), H)
         assert c.log[0]["rel_error"] == pytest.approx(relative_output_error(W, layer.dequantize(), H))
