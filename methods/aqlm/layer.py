@@ -242,9 +242,9 @@ class AQLMLinear(QuantizedLinear):
     def _kernel_plan(self) -> Any:
         """The Triton decode kernel's plan on this layer's device, or None when no kernel fits."""
         if self._kernel is None:
-            from methods.aqlm import kernels
+            from methods.aqlm.kernels import vq_plan
 
-            self._kernel = kernels.vq_plan(self) or False
+            self._kernel = vq_plan(self) or False
         return self._kernel or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,9 +262,9 @@ class AQLMLinear(QuantizedLinear):
         if n <= self.kernel_max_tokens and kernels_usable(x2):
             plan = self._kernel_plan()
             if plan is not None:
-                from methods.aqlm import kernels
+                from methods.aqlm.kernels import vq_gemv
 
-                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: kernels.vq_gemv(x2, plan))
+                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: vq_gemv(x2, plan))
                 if y is not None:
                     self.last_path = plan.path
                     return y.reshape(*lead, self.out_features)

@@ -248,9 +248,9 @@ class GroupIntLinear(QuantizedLinear):
         if kernels_usable(x2):
             plan = self._plan("triton", x2)
             if plan is not None:
-                from methods.common import kernels
+                from methods.common.kernels import int_gemv
 
-                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: kernels.int_gemv(x2, plan))
+                y = guarded_launch((plan.path, x2.dtype, x2.device.type), lambda: int_gemv(x2, plan))
                 if y is not None:
                     self.last_path = plan.path
                     return y
@@ -268,9 +268,9 @@ class GroupIntLinear(QuantizedLinear):
         key = (kind, x.dtype, x.device)
         if key not in self._plans:
             if kind == "triton":
-                from methods.common import kernels
+                from methods.common.kernels import int_plan
 
-                self._plans[key] = kernels.int_plan(self)
+                self._plans[key] = int_plan(self)
             else:
                 self._plans[key] = int4pack_plan(self, x.dtype)
         return self._plans[key]
