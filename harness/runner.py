@@ -172,18 +172,7 @@ def _execute(
     t_tuned = time.perf_counter()
     check_finite_layers(model)
 
-    bits = count_bits(model, linear_names=linear_names)
-    saved_model = None
-    if cell.save_model:  # exactly the evaluated model, for reloading, inspection and export
-        saved_model = store.model_dir(cell.key)
-        save_quantized(model, saved_model, tokenizer=tokenizer, exact=True)
-    # the size: the directory in the float16 deployment format, written next to the results (a
-    # model-sized file may not fit a small /tmp) and removed again
-    with store.scratch_dir("size") as tmp:
-        size_bytes = save_quantized(model, Path(tmp) / "model", tokenizer=tokenizer)
-
-    metrics: dict[str, Any] = {name: bits[name] for name in _BITS_FIELDS}
-    metrics["size_bytes"] = size_bytes
+    metrics, saved_model = _bits_size_save(cell, store, model, tokenizer, linear_names, layers)
     context = EvaluationContext(
         cell=cell, model=model, tokenizer=tokenizer, adapter=adapter, store=store, device=device, dtype=dtype,
         quantized=method_cls.modifies_weights, default_seqlen=default_seqlen, metrics=MappingProxyType(metrics),
@@ -192,10 +181,6 @@ def _execute(
     for evaluation in planned(cell, quantized=method_cls.modifies_weights):
         metrics[evaluation.name] = evaluation.run(context)
     t_done = time.perf_counter()
-
-    per_layer = {entry["name"]: entry for entry in bits["layers"]}
-    for entry in layers:  # the pipeline's log of each layer, with its measured bits
-        entry.update({k: v for k, v in per_layer.get(entry["name"], {}).items() if k not in entry})
 
     return cell_record(
         cell, "ok",
@@ -221,6 +206,27 @@ def _execute(
         finished_at=_now(),
         executor=provenance,
     )
+
+
+def _bits_size_save(
+    cell: Cell, store: ResultStore, model: torch.nn.Module, tokenizer: Any, linear_names: list[str],
+    layers: list[dict[str, Any]],
+) -> tuple[dict[str, Any], Path | None]:
+    """The metrics every cell has (bits, stored size) and where the model was saved (None: not
+    saved); each entry of the pipeline's `layers` log gets its layer's measured bits (in place)."""
+    bits = count_bits(model, linear_names=linear_names)
+    per_layer = {entry["name"]: entry for entry in bits["layers"]}
+    for entry in layers:
+        entry.update({k: v for k, v in per_layer.get(entry["name"], {}).items() if k not in entry})
+    saved_model = None
+    if cell.save_model:  # exactly the evaluated model, for reloading, inspection and export
+        saved_model = store.model_dir(cell.key)
+        save_quantized(model, saved_model, tokenizer=tokenizer, exact=True)
+    # the size: the directory in the float16 deployment format, written next to the results (a
+    # model-sized file may not fit a small /tmp) and removed again
+    with store.scratch_dir("size") as tmp:
+        size_bytes = save_quantized(model, Path(tmp) / "model", tokenizer=tokenizer)
+    return {**{name: bits[name] for name in _BITS_FIELDS}, "size_bytes": size_bytes}, saved_model
 
 
 def _calibrate(
