@@ -4,7 +4,7 @@ A reference file is YAML::
 
     name: Published Llama-2 results
     sources:
-      aqlm-readme: {title: "...", url: "https://...", note: "..."}
+      aqlm-readme: {title: "...", url: "https://...", note: "..."}   # also `version` (optional)
     entries:
       - model: meta-llama/Llama-2-7b-hf      # matched with a record's model id or label
         method: aqlm                          # the registry name of the method
@@ -39,9 +39,11 @@ class _Strict(BaseModel):
 
 
 class Source(_Strict):
-    """Where published numbers come from: a title (paper, table, README section) and a URL."""
+    """Where published numbers (or claims, `harness.claims`) come from: a title (paper, table,
+    README section), the version read, a URL and a note."""
 
     title: str
+    version: str | None = Field(None, description="the version read: arXiv version, venue, commit, date")
     url: str | None = None
     note: str | None = None
 
