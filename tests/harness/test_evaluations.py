@@ -151,6 +151,8 @@ evaluations:
 report: {{tables: [csv], plots: [], html: false}}
 """
     )
+    listed = subprocess.run([sys.executable, "-m", "harness", "list"], env=plugin_env, capture_output=True, text=True)
+    assert "mean_logit (toy_harness_evaluation.MeanLogitEvaluation): settings: windows, seqlen" in listed.stdout
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(suite)], env=plugin_env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = {r["label"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "results" / "records").glob("*.json"))}
