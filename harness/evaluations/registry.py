@@ -3,7 +3,6 @@ group `harness.evaluations`), by name. It imports no evaluation (targets are `"m
 strings, imported on first use), so `harness.suite` can check a suite's blocks through it."""
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -13,42 +12,27 @@ from harness.registry import Registry
 
 ENTRY_POINT_GROUP = "harness.evaluations"
 
-#: Built-in evaluations, in the order they run: name -> "module:attr" (kept in sync with
-#: pyproject's entry points so the source tree works uninstalled).
+#: Built-in evaluations in the order they run: each is `harness.evaluations.<name>:<class>` (kept
+#: in sync with pyproject's entry points so the source tree works uninstalled).
 BUILTIN_EVALUATIONS: dict[str, str] = {
-    "perplexity": "harness.evaluations.perplexity:PerplexityEvaluation",
-    "zero_shot": "harness.evaluations.zero_shot:ZeroShotEvaluation",
-    "agreement": "harness.evaluations.agreement:AgreementEvaluation",
-    "throughput": "harness.evaluations.throughput:ThroughputEvaluation",
+    name: f"harness.evaluations.{name}:{cls}"
+    for name, cls in (("perplexity", "PerplexityEvaluation"), ("zero_shot", "ZeroShotEvaluation"),
+                      ("agreement", "AgreementEvaluation"), ("throughput", "ThroughputEvaluation"))
 }
 
-EVALUATIONS: Registry = Registry("evaluation", group=ENTRY_POINT_GROUP, error=UnknownEvaluationError)
-_discovered = False
+EVALUATIONS: Registry = Registry(
+    "evaluation", group=ENTRY_POINT_GROUP, error=UnknownEvaluationError, builtins=BUILTIN_EVALUATIONS
+)
 _Spec = TypeVar("_Spec", bound=BaseModel)
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for name, target in BUILTIN_EVALUATIONS.items():
-        EVALUATIONS.register(name, target)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN_EVALUATIONS and ep.value == BUILTIN_EVALUATIONS[ep.name]:
-            continue
-        EVALUATIONS.register(ep.name, ep.value)
 
 
 def get_evaluation(name: str) -> Any:
     """The `Evaluation` subclass registered under `name` (UnknownEvaluationError, with close
     names, when there is none)."""
-    _discover()
     return EVALUATIONS.get(name)
 
 
 def evaluation_names() -> list[str]:
-    _discover()
     return EVALUATIONS.names()
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.errors import SuiteError, UnknownEvaluationError
-from harness.evaluations import EVALUATIONS, evaluation_names, get_evaluation, planned, resolve_evaluations
+from harness.evaluations import BUILTIN_EVALUATIONS, EVALUATIONS, evaluation_names, get_evaluation, planned, resolve_evaluations
 from harness.identity import IdentityScope, cell_identity
 from harness.store import ResultStore
 from harness.suite import Cell, EvaluationsSpec, load_suite, resolve_cells
@@ -56,6 +56,13 @@ def test_builtins_are_registered_and_unknown_names_suggest_close_ones():
     assert get_evaluation("agreement").automatic and not get_evaluation("perplexity").automatic
     with pytest.raises(UnknownEvaluationError, match=r"unknown evaluation 'zero_shoot'.*'zero_shot'"):
         get_evaluation("zero_shoot")
+
+
+def test_pyproject_declares_the_builtins_in_their_group():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"]["harness.evaluations"] == BUILTIN_EVALUATIONS
 
 
 def test_plugin_block_is_validated_with_defaults_written_into_the_cell(tmp_path, mean_logit):
