@@ -89,9 +89,9 @@ def codebook_adam_steps(
     place) minimising E, with the gradients of `error_gradients`; `optimizer` is a
     `torch.optim.Adam` over exactly those tensors. W: [out, in] float32; H: [in, in] float32.
 
-    The Adam budget per epoch is about steps x lr per coordinate (beta1 = 0): 25 x 4e-4 reaches
-    the errors of the paper's 100 x 1e-4 in a quarter of the steps, see
-    bench/results/paper_settings_speed.md (section 4).
+    The Adam budget per epoch is about steps x lr per coordinate (beta1 = 0): 25 x 4e-4 gives
+    the errors of the paper's 100 x 1e-4 (within their seed spread) in a quarter of the steps,
+    see bench/results/paper_settings_speed.md (section 4).
     """
     n_groups = W.shape[1] // codebooks[0].shape[1]
     mats = [code_matrix(c, grp, n_groups, C.shape[0]) for C, c, grp in zip(codebooks, codes, groups)]
