@@ -51,7 +51,8 @@ def run_once(method: str, layer: str, steps: int, lr: float, seed: int) -> dict[
     linear = nn.Linear(W.shape[1], W.shape[0], bias=False)
     with torch.no_grad():
         linear.weight.copy_(W)
-    ctx = QuantContext(layer_name=name, block_index=10, generator=torch.Generator().manual_seed(seed), progress=False)
+    gen = torch.Generator().manual_seed(seed)
+    ctx = QuantContext(layer_name=name, block_index=10, generator=gen, progress=False)
     cpu, wall = time.process_time(), time.perf_counter()
     q = _quantizer(method, steps, lr).quantize_linear(linear, LayerStats(H, n), ctx)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -61,7 +62,7 @@ def run_once(method: str, layer: str, steps: int, lr: float, seed: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--settings", default="100x1e-4,25x4e-4", help="steps x lr, comma-separated; the first is the base")
+    parser.add_argument("--settings", default="100x1e-4,25x4e-4", help="steps x lr, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", default="1,2", help="further seeds for the error spread ('' for none)")
     parser.add_argument("--cases", default=CASES)
