@@ -65,9 +65,6 @@ from harness.store import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-_propagate = propagate  # the name tests and benchmarks import
-
-
 def layer_generator(seed: int, layer_name: str) -> torch.Generator:
     """A CPU generator seeded from (seed, layer name): a layer gets the same random draws
     whatever ran before it, so a resumed run equals an uninterrupted one."""

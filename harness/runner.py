@@ -178,8 +178,10 @@ def _execute(
         quantized=method_cls.modifies_weights, default_seqlen=default_seqlen, metrics=MappingProxyType(metrics),
         progress=progress, base_dir=base_dir,
     )
-    for evaluation in planned(cell, quantized=method_cls.modifies_weights):
-        metrics[evaluation.name] = evaluation.run(context)
+    for name, evaluation in planned(cell, quantized=method_cls.modifies_weights):
+        if name in metrics:  # a plugin registered under the name of a bits field
+            raise ValueError(f"evaluation '{name}' would replace the metric of that name; register it under another name")
+        metrics[name] = evaluation.run(context)
     t_done = time.perf_counter()
 
     return cell_record(

@@ -22,8 +22,8 @@ The contract (`harness.evaluations.base`):
   failure kind `nonfinite`); an evaluation whose failure should leave the cell ok returns
   the error inside its result, as `zero_shot` does.
 
-Order: the built-ins in the order above (perplexity, zero_shot, agreement, throughput), then
-plugin evaluations in the order of the suite.
+Order: perplexity, zero_shot, agreement, throughput, then plugin evaluations in the order of
+the suite. A result may not replace a metric the cell already has (e.g. `bits`).
 
 The registry (`harness.evaluations.registry`) imports no evaluation, so the suite loader can
 validate blocks without importing what the evaluations import.
@@ -53,22 +53,23 @@ __all__ = [
 ]
 
 
-def planned(cell: Cell, *, quantized: bool) -> list[Evaluation]:
-    """The evaluations `cell` requests, configured, in the order they run; `quantized`: the
-    cell's method modifies the weights (automatic evaluations run only then)."""
+def planned(cell: Cell, *, quantized: bool) -> list[tuple[str, Evaluation]]:
+    """(registry name, configured evaluation) for each evaluation `cell` requests, in the order
+    they run; `quantized`: the cell's method modifies the weights (automatic evaluations run only
+    then). The registry name (the suite block's) is the result's key in the record's metrics."""
     spec = cell.evaluations
-    out: list[Evaluation] = []
+    out: list[tuple[str, Evaluation]] = []
     for name in BUILTIN_EVALUATIONS:
         cls = get_evaluation(name)
         block = getattr(spec, name, None)
         if block is not None:
-            out.append(cls(block))
+            out.append((name, cls(block)))
         elif cls.automatic and quantized:
-            out.append(cls(cls.Config()))
+            out.append((name, cls(cls.Config())))
     for name, block in spec.plugins.items():
         cls = get_evaluation(name)
         try:
-            out.append(cls(cls.Config.model_validate(block)))
+            out.append((name, cls(cls.Config.model_validate(block))))
         except ValidationError as exc:
             raise ValueError(f"cell {cell.label}: invalid `evaluations.{name}` block: {exc}") from exc
     return out

@@ -2,7 +2,7 @@
 
 For every family the adapters support (tiny random configs) and for both embedded models, the
 calibration pipeline's path — `capture_block_inputs`, then each block run on the previous
-block's outputs with `BlockData.for_block(i)`'s call arguments (`_propagate`), then the head —
+block's outputs with `BlockData.for_block(i)`'s call arguments (`propagate`), then the head —
 must reproduce the logits of one plain forward pass. This is the check that catches a family
 whose masks, rotary tables or positions the pipeline gets wrong: before per-block arguments,
 Gemma 3's sliding and global layers were all replayed with the first block's (off by ~0.3).
@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from harness.models import get_adapter
-from harness.pipeline import _propagate, capture_block_inputs
+from harness.calibration import capture_block_inputs, propagate
 
 SEQLEN = 64
 _COMMON = dict(
@@ -80,7 +80,7 @@ def replay_logits(
     adapter = get_adapter(model)
     data = capture_block_inputs(model, adapter, ids, batch_size=batch_size, storage=torch.device("cpu"))
     for index, block in enumerate(adapter.blocks(model)):
-        _propagate(block, data.for_block(0 if first_block_args else index))
+        propagate(block, data.for_block(0 if first_block_args else index))
     hidden = data.hidden[:, -keep:]
     for module in adapter.head_modules(model):
         hidden = module(hidden)

@@ -123,10 +123,11 @@ def test_planned_order_and_automatic_evaluations(mean_logit):
     raw = json.loads(_QUICKSTART_CRVQ_CELL)
     raw["evaluations"] = {**raw["evaluations"], "throughput": {}, "mean_logit": {}}
     cell = Cell.model_validate(raw)
-    names = [e.name for e in planned(cell, quantized=True)]
+    names = [name for name, _ in planned(cell, quantized=True)]
     assert names == ["perplexity", "zero_shot", "agreement", "throughput", "mean_logit"]
-    assert [e.name for e in planned(cell, quantized=False)] == ["perplexity", "zero_shot", "throughput", "mean_logit"]
-    assert planned(cell, quantized=True)[-1].config == toy_evaluation.MeanLogitConfig()
+    assert [name for name, _ in planned(cell, quantized=False)] == ["perplexity", "zero_shot", "throughput", "mean_logit"]
+    name, evaluation = planned(cell, quantized=True)[-1]
+    assert isinstance(evaluation, toy_evaluation.MeanLogitEvaluation) and evaluation.config == toy_evaluation.MeanLogitConfig()
 
 
 @pytest.fixture
@@ -187,3 +188,19 @@ report: {{tables: [csv], plots: [], html: false}}
     direct = evaluation.run(context)
     assert direct == {**ref["mean_logit"], "mean_abs_logit": pytest.approx(ref["mean_logit"]["mean_abs_logit"], rel=1e-6),
                       "rms_logit": pytest.approx(ref["mean_logit"]["rms_logit"], rel=1e-6)}
+
+
+def test_an_evaluation_may_not_replace_a_metric(tmp_path, tiny_llama_dir, monkeypatch):
+    """A plugin registered under the name of a bits field fails the cell instead of overwriting it."""
+    from harness.runner import run_cell
+    from harness.suite import ModelSpec
+
+    evaluation_names()
+    monkeypatch.setitem(EVALUATIONS._items, "bits", toy_evaluation.MeanLogitEvaluation)
+    cell = Cell(
+        suite="t", model=ModelSpec(id=str(tiny_llama_dir), name="tiny"), method="none", method_label="none",
+        budget=None, params={}, calibration=None, evaluations=EvaluationsSpec(perplexity=None, bits={}),
+        seed=0, device="cpu", dtype="float32", save_model=False,
+    )
+    record = run_cell(cell, ResultStore(tmp_path), progress=False)
+    assert record["status"] == "failed" and "would replace the metric" in record["error"]["message"]
