@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
+from harness.strict import Source, StrictModel as _Strict
 
 __all__ = [
     "Change", "Check", "Claim", "ClaimsError", "ClaimsFile", "Metric", "SideSpec", "Source", "load_claims",
@@ -57,19 +58,6 @@ METRIC_FORMS = "ppl:<dataset>, bpb:<dataset>, acc:avg, acc:<task>, bits, bits_pa
 
 class ClaimsError(HarnessError):
     """A claims file is malformed or names something that does not exist."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Strict):
-    """Where claims come from: a paper (or README, model card) and the version read."""
-
-    title: str
-    version: str | None = Field(None, description="the version read: arXiv version, venue, commit, date")
-    url: str | None = None
-    note: str | None = None
 
 
 class SideSpec(_Strict):

@@ -43,7 +43,7 @@ from harness.report.latex import latex_escape, latex_model_groups, latex_spanner
 from harness.report.reference import Reference, ReferenceEntry
 from harness.report.style import BITS_SPEC, PPL_SPEC, fmt_cell, is_missing
 from harness.store import ResultStore, atomic_write_text
-from harness.suite.schema import PAPER_METHODS
+from harness.suite.report_spec import PAPER_METHODS
 from harness.tasks import PAPER_TASKS  # the zero-shot tasks of the paper tables, in column order
 
 __all__ = ["PAPER_METHODS", "PAPER_TASKS", "paper_frame", "paper_latex", "paper_markdown", "paper_methods",

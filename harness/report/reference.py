@@ -24,28 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from harness.errors import HarnessError
+from harness.strict import Source, StrictModel as _Strict
 
 if TYPE_CHECKING:
     from harness.record import CellRecord
 
 __all__ = ["Reference", "ReferenceEntry", "Source", "load_reference"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Strict):
-    """Where published numbers (or claims, `harness.claims`) come from: a title (paper, table,
-    README section), the version read, a URL and a note."""
-
-    title: str
-    version: str | None = Field(None, description="the version read: arXiv version, venue, commit, date")
-    url: str | None = None
-    note: str | None = None
 
 
 class ReferenceEntry(_Strict):

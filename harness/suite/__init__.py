@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from harness.errors import HarnessError, SuiteError, UnknownMethodError
 from harness.registry import BudgetError, get_method, method_config
 from harness.tasks import PACK_TASKS
+from harness.suite.report_spec import ComparePair, ReportSpec, SweepSpec
 from harness.suite.schema import (
     EMBEDDED_MODEL_ALIAS,
     EMBEDDED_MODEL_NAMES,
@@ -25,16 +26,13 @@ from harness.suite.schema import (
     _HUB_ID,
     CalibrationSpec,
     Cell,
-    ComparePair,
     EvaluationsSpec,
     ExecutorSpec,
     FinetuneE2ESpec,
     MethodEntry,
     ModelSpec,
     PerplexitySpec,
-    ReportSpec,
     Suite,
-    SweepSpec,
     ThroughputSpec,
     ZeroShotSpec,
 )

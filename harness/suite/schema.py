@@ -12,6 +12,8 @@ from typing import Any, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.identity import KEY_VERSION, IdentityScope, cell_identity
+from harness.strict import StrictModel as _Strict
+from harness.suite.report_spec import ReportSpec
 from harness.tasks import PAPER_TASKS
 
 #: Hashed into every cell key (its home and meaning: `harness.identity.KEY_VERSION`).
@@ -22,10 +24,6 @@ EMBEDDED_MODEL_ALIAS = "smollm2-135m"
 EMBEDDED_MODEL_NAMES = ("smollm2-135m", "gemma3-270m")
 KNOWN_DATASETS = ("wikitext2", "c4", "ptb", "redpajama", "embedded")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_seeds(v: list[int] | None) -> list[int] | None:
@@ -229,57 +227,6 @@ class MethodEntry(_Strict):
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"a budget is listed twice in {v}: list each budget once")
         return v
-
-
-class ComparePair(_Strict):
-    """A paired comparison for the report (`harness.report.compare`): method labels or names."""
-
-    base: str = Field(description="method label (or name) compared against")
-    against: str = Field(description="method label (or name) whose difference from `base` is reported")
-
-
-class SweepSpec(_Strict):
-    """A parameter sweep for the report (`harness.report.sweeps`): perplexity vs one method parameter."""
-
-    method: str = Field(description="method name whose cells form the sweep, e.g. crvq")
-    x: str = Field(description="the method parameter on the x axis, e.g. critical_ratio")
-    lines: str | None = Field(None, description="a second parameter: one series per value, e.g. num_extended_codebooks")
-
-
-#: The paper layout's methods by default: {method: name in the table}, in the order of its rows.
-PAPER_METHODS = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
-
-
-class PaperSpec(_Strict):
-    """The paper layout (`harness report --layout paper`, `harness.report.paper`)."""
-
-    methods: dict[str, str] = Field(
-        default_factory=lambda: dict(PAPER_METHODS),
-        description=(
-            "{method: name shown} in row order: within a model, after the unquantized rows and by bits "
-            "descending, rows of equal bits follow this order (by the cell's method name); methods not "
-            "listed come after, alphabetically. A row whose method label is listed shows the name given, "
-            "e.g. {none: Unquantized, rtn: RTN, gptq: GPTQ, aqlm: AQLM, crvq: CRVQ} (the default)"
-        ),
-    )
-
-
-class ReportSpec(_Strict):
-    tables: list[Literal["markdown", "latex", "csv"]] = Field(default_factory=lambda: ["markdown", "latex", "csv"])
-    plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
-    html: bool = Field(True, description="also write report.html: the whole report in one self-contained page")
-    compare: list[ComparePair] = Field(
-        default_factory=list, description="paired comparisons written to tables/compare.{md,csv}, e.g. [{base: aqlm, against: crvq}]"
-    )
-    sweeps: list[SweepSpec] = Field(
-        default_factory=list,
-        description="parameter sweeps written to tables/ and plots/sweep_*, e.g. [{method: crvq, x: critical_ratio, lines: num_extended_codebooks}]",
-    )
-    claims: list[str] = Field(
-        default_factory=list,
-        description="claims files checked against the results (`harness verify`): tables/claims.{md,csv}, e.g. [suites/claims/crvq.yaml]",
-    )
-    paper: PaperSpec = Field(default_factory=PaperSpec, description="the paper layout's method names and order")
 
 
 ExecutorType = Literal["local", "ray", "slurm"]
