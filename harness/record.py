@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -202,21 +201,6 @@ class CellRecord(_Open):
     def dump(self) -> dict[str, Any]:
         """The JSON dict the store writes: the fields read (or given), ``version`` first."""
         return {"version": self.version, **self.model_dump(exclude_unset=True, by_alias=True, exclude={"version"})}
-
-    @cached_property
-    def _json(self) -> dict[str, Any]:
-        return self.dump()
-
-    # Read access to the stored JSON by field name, for code not yet on the properties below.
-    def __getitem__(self, name: str) -> Any:
-        return self._json[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The stored JSON value of field ``name`` (``default`` when absent)."""
-        return self._json.get(name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._json
 
     # ------------------------------------------------------------------ identity
     @property

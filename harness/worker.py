@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
     provenance = {"type": args.executor, "attempt": args.attempt, "attempt_id": args.attempt_id, "host": platform.node()}
     record = run_cell(cell, store, progress=not args.no_progress, base_dir=args.base_dir, provenance=provenance)
-    return 0 if record["status"] == "ok" else 1
+    return 0 if record.ok else 1
 
 
 if __name__ == "__main__":

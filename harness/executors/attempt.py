@@ -111,7 +111,7 @@ def run_attempt(
     host = platform.node()
     record = store.get(cell.key)
     if record is not None and (
-        record.get("status") == "ok" or (record.get("executor") or {}).get("attempt_id") == attempt_id
+        record.ok or (record.executor or {}).get("attempt_id") == attempt_id
     ):
         return AttemptResult(recorded=True, host=host)
     if returncode is None:

@@ -101,11 +101,11 @@ def _record_death(store: ResultStore, cell: Cell, outcome: AttemptResult, attemp
 def _log_done(store: ResultStore, cell: Cell, i: int, total: int, seconds: float) -> None:
     """``seconds``: since the (last) submission, queueing included."""
     record = store.get(cell.key) or _missing(cell)
-    if record["status"] == "ok":
-        took = (record.get("timings") or {}).get("total_s", seconds)
+    if record.ok:
+        took = (record.timings or {}).get("total_s", seconds)
         logger.info("[%d/%d] %s: ok in %.1f s — %s", i, total, cell.label, took, summary(record))
     else:
-        message = record["error"]["message"]
+        message = record.error.message if record.error else "no error recorded"
         logger.error("[%d/%d] %s: failed after %.1f s — %s", i, total, cell.label, seconds, message)
 
 
@@ -116,8 +116,8 @@ def _missing(cell: Cell) -> CellRecord:
 
 def summary(record: CellRecord) -> str:
     """One line of a finished record's headline numbers."""
-    metrics = record.get("metrics", {})
-    parts = [f"bits {metrics.get('bits', float('nan')):.3f}"]
-    for name, ppl in metrics.get("perplexity", {}).items():
-        parts.append(f"ppl[{name}] {ppl['ppl']:.3f}")
+    bits = record.bits
+    parts = [f"bits {bits if bits is not None else float('nan'):.3f}"]
+    for name, ppl in record.perplexities.items():
+        parts.append(f"ppl[{name}] {ppl.ppl if ppl.ppl is not None else float('nan'):.3f}")
     return ", ".join(parts)

@@ -100,7 +100,7 @@ def test_verify_write_keeps_directories_with_the_same_name_apart(results, claims
     """Two results directories both called `quick`: each gets its own verdicts, named by path."""
     other = ResultStore(tmp_path / "other" / "quick")
     for r in ResultStore(results).records():
-        if r["method"] == "aqlm":
+        if r.method == "aqlm":
             other.put(r)
     code, out, err = _harness(monkeypatch, capsys, "verify", str(claims_file), str(results), str(other.root),
                               "--write", "--resamples", "200")

@@ -203,4 +203,4 @@ def test_an_evaluation_may_not_replace_a_metric(tmp_path, tiny_llama_dir, monkey
         seed=0, device="cpu", dtype="float32", save_model=False,
     )
     record = run_cell(cell, ResultStore(tmp_path), progress=False)
-    assert record["status"] == "failed" and "would replace the metric" in record["error"]["message"]
+    assert not record.ok and "would replace the metric" in record.error.message

@@ -148,7 +148,7 @@ def test_nan_oom_and_nonfinite_loss_are_recorded_with_kind_and_traceback_file(
         "tiny/oom": ("oom", "out of memory"),
         "tiny/none": ("nonfinite", "mean loss is nan"),
     }
-    records = {r["label"]: r for r in store.records()}
+    records = {r.label: r.dump() for r in store.records()}
     assert sorted(records) == sorted(expected)
     for label, (kind, phrase) in expected.items():
         record, error = records[label], records[label]["error"]
@@ -171,7 +171,8 @@ def test_dying_worker_is_retried_then_recorded(tmp_path, tiny_llama_dir, eval_te
     results = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "-o", str(results)], env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    (record,) = ResultStore(results).records()
+    (stored,) = ResultStore(results).records()
+    record = stored.dump()
     assert len(count.read_text().splitlines()) == 3  # first attempt + max_retries
     error = record["error"]
     assert record["status"] == "failed" and error["kind"] == "worker_died" and error["attempts"] == 3
@@ -184,7 +185,7 @@ def test_worker_past_timeout_is_killed_and_recorded(tmp_path, tiny_llama_dir, ev
     suite = _suite(tmp_path, tiny_llama_dir, eval_text_file, "  - name: rtn\n    params: {bits: 4}")
     (cell,) = resolve_cells(load_suite(suite), suite)
     result = run_attempt(cell.model_dump(mode="json"), str(tmp_path / "results"), timeout_s=0.5)
-    record = ResultStore(tmp_path / "results").get(cell.key)
+    record = ResultStore(tmp_path / "results").get(cell.key).dump()
     assert result.recorded and record["status"] == "failed" and record["error"]["kind"] == "timeout"
     assert "0.5 s" in record["error"]["message"] and (tmp_path / "results" / record["error"]["traceback_file"]).is_file()
     assert _workers_of(tmp_path / "results") == []

@@ -85,7 +85,7 @@ def test_readers_on_a_synthetic_record():
     assert r.zero_shot_average() == 0.65 and r.zero_shot_average("acc_norm") == 0.72
     assert r.evaluation_errors() == [("zero_shot:arc_easy", {"type": "ConnectionError", "message": "offline"})]
     assert r.tokens_per_s() == {1: (50.0, 48.0, 51.0), 8: (40.0, 40.0, 40.0)}
-    assert r["label"] == "llama/gptq/b2/s3" and r.get("missing", 7) == 7 and "metrics" in r and "error" not in r
+    assert r.label == "llama/gptq/b2/s3" and r.error is None and not hasattr(r, "get")  # no dict access
 
 
 def test_defaults_of_a_bare_record():

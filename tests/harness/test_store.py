@@ -74,8 +74,10 @@ def test_concurrent_writers_same_and_different_keys(tmp_path: Path) -> None:
     for proc in range(N_PROCS):
         for i in range(N_WRITES):
             r = store.get(f"p{proc}-{i:02d}")
-            assert r is not None and (r["writer"], r["i"]) == (proc, i)
-    first = store.get("shared")
+            assert r is not None
+            r = r.dump()
+            assert (r["writer"], r["i"]) == (proc, i)
+    first = store.get("shared").dump()
     assert first["writer"] in range(N_PROCS) and first["i"] == 0  # the first ok record of a key wins
     assert _temp_files(store.records_dir) == []
     for path in store.records_dir.iterdir():
@@ -90,7 +92,7 @@ def test_corrupt_record_is_absent_and_logged(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="harness.store"):
         assert store.get("bad") is None
         assert not store.is_finished("bad")
-        assert [r["key"] for r in store.records()] == ["good"]
+        assert [r.key for r in store.records()] == ["good"]
     assert "bad.json" in caplog.text and "notrec.json" in caplog.text
     store.put(_record("bad", "m/rtn/b3"))  # a re-run replaces it
     assert store.is_finished("bad")
@@ -102,8 +104,8 @@ def test_get_put_finished_failed(tmp_path: Path) -> None:
     store.put(_record("k1", "m/rtn/b4"))
     store.put(_record("k2", "m/gptq/b2", status="failed", error={"type": "RuntimeError", "message": "OOM"}))
     assert store.is_finished("k1") and not store.is_finished("k2") and not store.is_finished("k3")
-    assert [r["key"] for r in store.failed()] == ["k2"]
-    assert [r["label"] for r in store.records()] == ["m/gptq/b2", "m/rtn/b4"]  # sorted by label
+    assert [r.key for r in store.failed()] == ["k2"]
+    assert [r.label for r in store.records()] == ["m/gptq/b2", "m/rtn/b4"]  # sorted by label
 
 
 def test_invalid_keys_are_refused(tmp_path: Path) -> None:
@@ -121,10 +123,10 @@ def test_find_by_key_prefix_and_label_pattern(tmp_path: Path) -> None:
     store.put(_record("3fa2c0ffee000002", "smollm2-135m/rtn/b2"))
     store.put(_record("9b7e000000000003", "smollm2-135m/gptq/b2"))
     store.put(_record("1c0d000000000004", "llama-7b/gptq/b2"))
-    assert [r["key"] for r in store.find("3fa2c0ffee000002")] == ["3fa2c0ffee000002"]
-    assert {r["key"] for r in store.find("3fa2")} == {"3fa2c0ffee000001", "3fa2c0ffee000002"}
-    assert [r["label"] for r in store.find("smollm2-135m/rtn/*")] == ["smollm2-135m/rtn/b2", "smollm2-135m/rtn/b4"]
-    assert [r["label"] for r in store.find("*/gptq/b2")] == ["llama-7b/gptq/b2", "smollm2-135m/gptq/b2"]
+    assert [r.key for r in store.find("3fa2c0ffee000002")] == ["3fa2c0ffee000002"]
+    assert {r.key for r in store.find("3fa2")} == {"3fa2c0ffee000001", "3fa2c0ffee000002"}
+    assert [r.label for r in store.find("smollm2-135m/rtn/*")] == ["smollm2-135m/rtn/b2", "smollm2-135m/rtn/b4"]
+    assert [r.label for r in store.find("*/gptq/b2")] == ["llama-7b/gptq/b2", "smollm2-135m/gptq/b2"]
     assert store.find("smollm2-135m/aqlm/*") == []
 
 

@@ -81,7 +81,7 @@ def test_eight_writers_hundred_rounds_nothing_lost_or_corrupted(tmp_path: Path) 
     assert problems == [] and reads > 0
 
     store = ResultStore(tmp_path)
-    records = {r["key"]: r for r in store.records()}
+    records = {r.key: r.dump() for r in store.records()}
     assert len(records) == N_PROCS * N_ROUNDS + N_SHARED  # nothing lost
     for w in range(N_PROCS):
         for i in range(N_ROUNDS):
@@ -124,4 +124,4 @@ def test_writers_killed_at_random_moments_leave_no_partial_record(tmp_path: Path
     assert sorted(removed) == sorted(leftovers)
     assert all(p.suffix == ".json" for p in store.records_dir.iterdir())
     store.put(_record("k0", 99, 0, "ok"))  # the lock of a killed writer does not block anyone
-    assert store.get("k0")["writer"] == 99
+    assert store.get("k0").dump()["writer"] == 99

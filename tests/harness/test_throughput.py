@@ -151,7 +151,7 @@ def test_runner_measures_throughput_with_the_reference(tmp_path, tiny_llama_dir,
     path = _suite(tmp_path, tiny_llama_dir, eval_text_file)
     cells = resolve_cells(load_suite(path), path)
     store = ResultStore(tmp_path / "results")
-    by_method = {cell.method: run_cell(cell, store, progress=False) for cell in cells}
+    by_method = {cell.method: run_cell(cell, store, progress=False).dump() for cell in cells}
     rtn = by_method["rtn"]
     assert rtn["status"] == "ok", rtn.get("error")
     throughput = rtn["metrics"]["throughput"]

@@ -112,7 +112,7 @@ def test_hub_task_fails_fast_and_cell_is_recorded(tiny_llama_dir, eval_text_file
     store = ResultStore(tmp_path)
     cell = _cell(tiny_llama_dir, eval_text_file, ["piqa", CLOZE4])
     start = time.perf_counter()
-    record = run_cell(cell, store, progress=False)
+    record = run_cell(cell, store, progress=False).dump()
     assert time.perf_counter() - start < 60
     assert record["status"] == "ok", record.get("error")
     metrics = record["metrics"]

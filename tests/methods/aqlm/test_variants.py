@@ -79,6 +79,6 @@ def test_records_from_before_the_variants_are_labelled_by_what_they_ran(tmp_path
                "params": old, "status": "ok"})
     store.put({"key": "0000000000000004", "label": "m/crvq-harness/b1", "method": "crvq",
                "method_label": "crvq-harness", "params": {**old, "variant": "harness"}, "status": "ok"})
-    labels = {r["key"][-1]: r["method_label"] for r in store.records()}
+    labels = {r.key[-1]: r.method_label for r in store.records()}
     assert labels == {"1": "crvq-kmeans_metric=hessian-reorder=critical_first", "2": "aqlm", "3": "mine",
                       "4": "crvq-harness"}
