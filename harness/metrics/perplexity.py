@@ -14,29 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-
-@dataclass
-class PerplexityResult:
-    ppl: float
-    nll: float  # mean negative log-likelihood per predicted token (nats)
-    seqlen: int
-    windows: int
-    tokens: int  # predicted tokens
-    window_nll: list[float] = field(default_factory=list)
-    nll_sum: float | None = None  # total NLL of the predicted tokens (nats)
-    bytes: int | None = None  # UTF-8 bytes of the text the predicted tokens cover
-    bpb: float | None = None  # nll_sum / ln 2 / bytes (bits per byte)
-    window_bytes: list[int] | None = None  # per window, the bytes its predicted tokens cover
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from harness.metrics.results import PerplexityResult
 
 
 def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

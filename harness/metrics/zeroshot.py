@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.metrics.results import TaskResult, ZeroShotResult
 from harness.models.hub import hub_offline, offline_mode, offline_requested
 from harness.tasks import PACK_DIR, PACK_TASKS, PAPER_TASKS, data_path  # noqa: F401 (PAPER_TASKS: re-exported)
 
@@ -51,64 +51,6 @@ _FEWSHOT_SEED = 1234
 
 class ZeroShotTaskError(HarnessError):
     """One zero-shot task could not be loaded or evaluated."""
-
-
-@dataclass
-class TaskResult:
-    """One task's result: accuracies in [0, 1] (None where the task has no such metric)."""
-
-    task: str
-    acc: float | None = None
-    acc_stderr: float | None = None
-    acc_norm: float | None = None
-    acc_norm_stderr: float | None = None
-    samples: int | None = None
-    version: Any = None
-    fingerprint: str | None = None  # pack tasks: hash of the task's YAML and data file
-    seconds: float = 0.0
-    batch_size: int | None = None
-    limit: int | float | None = None
-    cached: bool = False
-    error: dict[str, str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ZeroShotResult:
-    """All tasks of one evaluation, their averages and the settings they were measured under."""
-
-    tasks: dict[str, TaskResult]
-    limit: int | float | None
-    batch_size: int
-    num_fewshot: int = 0
-    lm_eval_version: str = ""
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def average(self) -> dict[str, Any]:
-        """Mean `acc` over the tasks that finished, mean `acc_norm` over those that have it."""
-        done = [r for r in self.tasks.values() if r.error is None and r.acc is not None]
-        normed = [r.acc_norm for r in done if r.acc_norm is not None]
-        return {
-            "acc": sum(r.acc for r in done) / len(done) if done else None,
-            "acc_norm": sum(normed) / len(normed) if normed else None,
-            "tasks": [r.task for r in done],
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tasks": {name: r.to_dict() for name, r in self.tasks.items()},
-            "average": self.average,
-            "num_fewshot": self.num_fewshot,
-            "limit": self.limit,
-            "batch_size": self.batch_size,
-            "lm_eval_version": self.lm_eval_version,
-            "seconds": round(self.seconds, 3),
-            "errors": self.errors,
-        }
 
 
 def lm_eval_version() -> str:
