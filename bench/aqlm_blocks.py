@@ -27,7 +27,7 @@ from bench.common import (  # noqa: E402
     processor, timed, write_json,
 )
 from harness.pipeline import run_pipeline  # noqa: E402
-from methods.aqlm import AQLMConfig, AQLMQuantizer  # noqa: E402
+from harness.registry import build_quantizer  # noqa: E402
 
 
 def main() -> None:
@@ -38,8 +38,7 @@ def main() -> None:
     add_calibration_options(parser, dtype="bfloat16")
     args = parse_args(parser)
 
-    params = {**AQLMQuantizer.presets(args.budget), **json.loads(args.params)}
-    quantizer = AQLMQuantizer(AQLMConfig.model_validate(params))
+    quantizer = build_quantizer("aqlm", args.budget, json.loads(args.params))
     loaded, calib = embedded_calibration(args)
     model = loaded.model
     model.model.layers = model.model.layers[: args.blocks]

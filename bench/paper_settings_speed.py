@@ -58,11 +58,9 @@ def worker(args: argparse.Namespace) -> dict:
     from harness.metrics.perplexity import perplexity
     from harness.models import load_model
     from harness.pipeline import run_pipeline
-    from harness.registry import get_method
+    from harness.registry import build_quantizer
 
-    method = get_method(args.method)
-    params = {**method.presets(1), **PAPER}
-    quantizer = method(method.Config.model_validate(params))
+    quantizer = build_quantizer(args.method, 1, PAPER)
     t0 = time.perf_counter()
     loaded = load_model("smollm2-135m", dtype=torch.float32, device=torch.device("cpu"), progress=False)
     tokenizer = loaded.tokenizer

@@ -25,7 +25,7 @@ from bench.common import (  # noqa: E402
 from harness.data import eval_windows  # noqa: E402
 from harness.metrics.perplexity import perplexity  # noqa: E402
 from harness.quantize import quantize  # noqa: E402
-from harness.registry import get_method  # noqa: E402
+from harness.registry import build_quantizer  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +37,7 @@ def main() -> None:
     parser.add_argument("--ppl-windows", type=int, default=32)
     args = parse_args(parser)
 
-    method = get_method(args.method)
-    params = {**(method.presets(args.budget) if args.budget else {}), **json.loads(args.params)}
-    quantizer = method(method.Config.model_validate(params))
+    quantizer = build_quantizer(args.method, args.budget, json.loads(args.params))
     loaded, calib = embedded_calibration(args)
 
     logs, seconds, _, _ = timed(lambda: quantize(

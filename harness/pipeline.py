@@ -43,14 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.analysis.layers import relative_output_error
-from harness.calibration import (  # noqa: F401  (re-exported: the pipeline's data types)
-    BlockData,
-    HessianAccumulator,
-    accumulate,
-    capture_block_inputs,
-    propagate,
-    run_block,
-)
+from harness.calibration import BlockData, accumulate, capture_block_inputs, propagate
 from harness.data import token_hash
 from harness.models.adapters import FamilyAdapter
 from harness.quantizer import (

@@ -9,6 +9,7 @@ The contract (see `harness.quantizer` for the full docstrings):
     (with their bit widths); a layer's `bits_per_weight(shape, config)` is the format's closed form;
   LayerStats, QuantContext: what `quantize_linear` is given (input statistics, seeded generator,
     layer log).
+  BlockData: what `finetune_block` is given as `inputs` (`hidden`, `batches()`, `run(...)`).
 Helpers:
   relative_output_error(W, W_hat, H): tr((Ŵ-W) H (Ŵ-W)ᵀ) / tr(W H Wᵀ), the layer error every
     calibrated method minimises (the engine logs it as `output_error`);
@@ -21,11 +22,12 @@ A plugin author checks a method against the contract with `harness.testing.check
 from __future__ import annotations
 
 from harness.analysis.layers import relative_output_error
+from harness.calibration import BlockData
 from harness.quantizer import LayerStats, MethodConfig, QuantContext, QuantizedLinear, Quantizer, StoredTensor
 from harness.registry import register_method
 from harness.tuning import restore_state, tunable_parameters
 
 __all__ = [
-    "LayerStats", "MethodConfig", "QuantContext", "QuantizedLinear", "Quantizer", "StoredTensor",
+    "BlockData", "LayerStats", "MethodConfig", "QuantContext", "QuantizedLinear", "Quantizer", "StoredTensor",
     "register_method", "relative_output_error", "restore_state", "tunable_parameters",
 ]

@@ -286,7 +286,7 @@ class Quantizer(ABC):
     ) -> None:
         """Optional: tune a block's quantized parameters after its linears were replaced.
 
-        inputs: `harness.pipeline.BlockData` — `inputs.hidden` [n, seqlen, hidden] float32 (the
+        inputs: `harness.plugin.BlockData` — `inputs.hidden` [n, seqlen, hidden] float32 (the
           block's calibration inputs), `inputs.batches()` / `inputs.run(block, hidden, kwargs)`
           to call the block with the model's kwargs (position embeddings, masks).
         targets: [n, seqlen, hidden] float32, the full-precision block's outputs on `inputs`.

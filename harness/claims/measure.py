@@ -81,14 +81,14 @@ def algorithm_notes(rows: Sequence[Record]) -> list[str]:
     """A note per method line whose cells ran a variant rather than the published algorithm: the
     label its method gives the cells' params (``Quantizer.default_label``, e.g. ``crvq-harness``,
     or ``aqlm-kmeans_metric=hessian`` for cells made before the published algorithm was the default)."""
-    from harness.registry import get_method, method_config
+    from harness.registry import default_label, get_method
 
     notes = []
     for line in dict.fromkeys(r.method_label for r in rows):
         r = next(r for r in rows if r.method_label == line)
         try:
             method = get_method(str(r.method))
-            algorithm = method.default_label(method_config(method, params=r.params))
+            algorithm = default_label(method, r.params)
         except (HarnessError, ValueError):  # an unregistered method, or params of an older config
             continue
         if algorithm != method.name:

@@ -15,14 +15,13 @@ import yaml
 from pydantic import ValidationError
 
 from harness.errors import HarnessError, SuiteError, UnknownMethodError
-from harness.registry import BudgetError, get_method, method_config
+from harness.registry import BudgetError, default_label, get_method, method_config
 from harness.tasks import PACK_TASKS
 from harness.suite.report_spec import ComparePair, ReportSpec, SweepSpec
 from harness.suite.schema import (
     EMBEDDED_MODEL_ALIAS,
     EMBEDDED_MODEL_NAMES,
     KNOWN_DATASETS,
-    RECORD_VERSION,
     _HUB_ID,
     CalibrationSpec,
     Cell,
@@ -38,7 +37,7 @@ from harness.suite.schema import (
 )
 
 __all__ = [
-    "EMBEDDED_MODEL_ALIAS", "EMBEDDED_MODEL_NAMES", "KNOWN_DATASETS", "RECORD_VERSION", "CalibrationSpec", "Cell", "ComparePair",
+    "EMBEDDED_MODEL_ALIAS", "EMBEDDED_MODEL_NAMES", "KNOWN_DATASETS", "CalibrationSpec", "Cell", "ComparePair",
     "EvaluationsSpec", "ExecutorSpec", "FinetuneE2ESpec", "MethodEntry", "ModelSpec", "PerplexitySpec",
     "ReportSpec", "Suite", "SweepSpec", "ThroughputSpec", "ZeroShotSpec", "entry_seeds", "load_suite",
     "output_dir", "resolve_cells", "resolve_path",
@@ -153,7 +152,7 @@ def _line_labels(entry: MethodEntry) -> set[str]:
         return {entry.label}
     try:
         method = get_method(entry.name)
-        return {method.default_label(method_config(method, params=p)) for _, p in _resolve_entry(entry, "")}
+        return {default_label(method, p) for _, p in _resolve_entry(entry, "")}
     except (HarnessError, ValidationError):
         return {entry.name}
 
@@ -356,7 +355,7 @@ def _entry_cells(
                 suite=suite.name,
                 model=model,
                 method=entry.name,
-                method_label=entry.label or method.default_label(method_config(method, params=params)),
+                method_label=entry.label or default_label(method, params),
                 budget=budget,
                 params=params,
                 calibration=calibration,

@@ -11,13 +11,10 @@ from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.identity import KEY_VERSION, IdentityScope, cell_identity
+from harness.identity import IdentityScope, cell_identity
 from harness.strict import StrictModel as _Strict
 from harness.suite.report_spec import ReportSpec
 from harness.tasks import PAPER_TASKS
-
-#: Hashed into every cell key (its home and meaning: `harness.identity.KEY_VERSION`).
-RECORD_VERSION = KEY_VERSION
 
 EMBEDDED_MODEL_ALIAS = "smollm2-135m"
 #: The embedded models a suite may name (the catalog `harness.models.embedded.EMBEDDED_MODELS`).

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.plugin import restore_state, tunable_parameters
+from harness.plugin import BlockData, restore_state, tunable_parameters
 
 __all__ = ["finetune_block", "trainable_block"]
 
@@ -60,13 +60,13 @@ def _cloned(value: Any) -> Any:
 
 
 def finetune_block(
-    block: nn.Module, inputs: Any, targets: torch.Tensor, *, lr: float, betas: tuple[float, float],
+    block: nn.Module, inputs: BlockData, targets: torch.Tensor, *, lr: float, betas: tuple[float, float],
     max_epochs: int, batch_size: int, val_fraction: float, patience: int, keep_best: bool,
     max_sequences: int | None, generator: torch.Generator,
 ) -> dict[str, Any]:
     """Fine-tune `block` in place (see the module docstring); returns the log entry.
 
-    inputs: `harness.pipeline.BlockData` (hidden [n, seqlen, hidden] float32, per-batch kwargs);
+    inputs: `harness.plugin.BlockData` (hidden [n, seqlen, hidden] float32, per-batch kwargs);
     targets: [n, seqlen, hidden] float32, the full-precision block's outputs.
     batch_size: sequences per Adam step, as a whole number of the pipeline's batches (gradients
       of several batches are accumulated; rounded, at least one batch).

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.plugin import LayerStats, QuantContext, Quantizer
+from harness.plugin import BlockData, LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, VARIANTS, AQLMConfig, variant_label
 from methods.aqlm.finetune import finetune_block as run_block_finetuning
@@ -117,10 +117,10 @@ class AQLMQuantizer(Quantizer):
         """True when `config.finetune` (the pipeline then keeps the full-precision block outputs)."""
         return self.config.finetune
 
-    def finetune_block(self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext) -> None:
+    def finetune_block(self, block: nn.Module, inputs: BlockData, targets: torch.Tensor, ctx: QuantContext) -> None:
         """Block fine-tuning (config `finetune`; a no-op otherwise): Adam on the block's `AQLMLinear`
         codebooks and scales (codes frozen) and its norm weights against the full-precision
-        block outputs `targets` [n, seqlen, hidden] on `inputs` (`harness.pipeline.BlockData`),
+        block outputs `targets` [n, seqlen, hidden] on `inputs` (`harness.plugin.BlockData`),
         with a validation split and early stopping (`methods/aqlm/finetune.py`). Appends
         {finetune_epochs, finetune_best_epoch, finetune_train_mse_start, finetune_train_mse_end,
         finetune_val_mse_start, finetune_val_mse_best, finetune_seconds} to `ctx.log`."""

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from harness.plugin import LayerStats, QuantContext, Quantizer
+from harness.plugin import BlockData, LayerStats, QuantContext, Quantizer
 from methods.aqlm.layer import AQLMLinear
 from methods.aqlm.quantizer import AQLMQuantizer, aqlm_flops, checked_inputs
 from methods.crvq.algorithm import CRVQResult, critical_group_count, crvq_quantize
@@ -128,7 +128,7 @@ class CRVQQuantizer(Quantizer):
         """Whether block fine-tuning runs: exactly when it runs for AQLM with the same params."""
         return self.engine.finetunes_blocks()
 
-    def finetune_block(self, block: nn.Module, inputs: Any, targets: Any, ctx: QuantContext) -> None:
+    def finetune_block(self, block: nn.Module, inputs: BlockData, targets: torch.Tensor, ctx: QuantContext) -> None:
         """AQLM's block fine-tuning with this config's `finetune*` knobs; `CRVQLinear` layers are
         `AQLMLinear`s, so their basic and extended codebooks and scales are tuned (codes and
         permutations fixed)."""

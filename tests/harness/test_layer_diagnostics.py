@@ -12,7 +12,8 @@ from torch import nn
 from harness import MethodConfig, Quantizer
 from harness.analysis.layers import layer_table, relative_output_error
 from harness.models.adapters import get_adapter
-from harness.pipeline import HessianAccumulator, run_pipeline
+from harness.calibration import HessianAccumulator
+from harness.pipeline import run_pipeline
 
 from tests.fixtures.dense_linear import DenseLinear
 

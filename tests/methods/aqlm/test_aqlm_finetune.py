@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from harness.models.adapters import get_adapter
-from harness.pipeline import capture_block_inputs, run_pipeline
+from harness.calibration import capture_block_inputs
+from harness.pipeline import run_pipeline
 from harness.quantizer import LayerStats, QuantContext
 from methods.aqlm import AQLMConfig, AQLMLinear, AQLMQuantizer
 
