@@ -19,13 +19,15 @@ Numbers typed ``float`` come back as floats (``1`` reads as ``1.0``; equal in JS
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional, Union, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from harness.identity import IdentityScope, cell_identity
+from harness.metrics.results import PerplexityResult, TaskResult, ZeroShotResult
 
 __all__ = [
     "DEFAULT_SEED", "RECORD_VERSION", "CellRecord", "Metrics", "PerplexityMetric", "RecordError",
@@ -46,44 +48,25 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
 
-class PerplexityMetric(_Open):
-    """``metrics.perplexity.<dataset>``: the fields of `harness.metrics.perplexity.PerplexityResult`
-    (NLL in nats per predicted token; ``bpb`` bits per UTF-8 byte) plus ``token_hash``."""
-
-    ppl: float | None = None
-    nll: float | None = None
-    seqlen: int | None = None
-    windows: int | None = None
-    tokens: int | None = None
-    window_nll: list[float] | None = None
-    nll_sum: float | None = None
-    bytes: int | None = None
-    bpb: float | None = None
-    window_bytes: list[int] | None = None
-    token_hash: str | None = None
+def _record_part(result_type: type, name: str, **more: Any) -> type[_Open]:
+    """An open record model with every field of the metric result dataclass ``result_type``,
+    each optional (records written before a field existed lack it), plus the fields ``more``
+    (``name=(type, default)``) that the record adds or types differently."""
+    hints = get_type_hints(result_type)
+    fields: dict[str, Any] = {f.name: (Optional[hints[f.name]], None) for f in dataclasses.fields(result_type)}
+    fields.update(more)
+    return create_model(name, __base__=_Open, **fields)
 
 
-class ZeroShotTask(_Open):
-    """``metrics.zero_shot.tasks.<task>``: `harness.metrics.zeroshot.TaskResult` (accuracies in [0, 1])."""
+class PerplexityMetric(_record_part(PerplexityResult, "PerplexityMetricFields", token_hash=(Optional[str], None))):
+    """``metrics.perplexity.<dataset>``: a `harness.metrics.perplexity.PerplexityResult` (NLL in
+    nats per predicted token; ``bpb`` bits per UTF-8 byte) plus ``token_hash``."""
 
-    task: str | None = None
-    acc: float | None = None
-    acc_stderr: float | None = None
-    acc_norm: float | None = None
-    acc_norm_stderr: float | None = None
-    samples: int | None = None
-    version: Any = None
-    fingerprint: str | None = None
-    seconds: float | None = None
-    batch_size: int | None = None
-    limit: int | float | None = None
-    cached: bool | None = None
-    error: dict[str, Any] | None = None
 
-    @property
-    def finished(self) -> bool:
-        """Evaluated without error and with an accuracy."""
-        return self.error is None and self.acc is not None
+class ZeroShotTask(_record_part(TaskResult, "ZeroShotTaskFields", error=(Optional[dict[str, Any]], None))):
+    """``metrics.zero_shot.tasks.<task>``: a `harness.metrics.zeroshot.TaskResult` (accuracies in [0, 1])."""
+
+    finished = TaskResult.finished  # one rule: evaluated without error and with an accuracy
 
     def accuracy(self, metric: str = "acc") -> float | None:
         """``acc`` or ``acc_norm`` (tasks without a normalised accuracy, e.g. winogrande and boolq,
@@ -94,19 +77,14 @@ class ZeroShotTask(_Open):
         return None if value is None else float(value)
 
 
-class ZeroShotMetric(_Open):
+class ZeroShotMetric(_record_part(
+    ZeroShotResult, "ZeroShotMetricFields",
+    tasks=(dict[str, ZeroShotTask], Field(default_factory=dict)),
+    average=(Union[dict[str, Any], float, None], None),  # {acc, acc_norm, tasks}; a number in version-0 records
+    error=(Optional[dict[str, Any]], None),  # the whole evaluation failed
+)):
     """``metrics.zero_shot``: `harness.metrics.zeroshot.ZeroShotResult.to_dict()`, or ``error``
     when the whole evaluation failed."""
-
-    tasks: dict[str, ZeroShotTask] = Field(default_factory=dict)
-    average: dict[str, Any] | float | None = None  # {acc, acc_norm, tasks}; a number in version-0 records
-    num_fewshot: int | None = None
-    limit: int | float | None = None
-    batch_size: int | None = None
-    lm_eval_version: str | None = None
-    seconds: float | None = None
-    errors: list[str] | None = None
-    error: dict[str, Any] | None = None
 
 
 class ThroughputRow(_Open):
