@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from harness.analysis.compare import by_seed
+from harness.analysis.pareto import pareto_indices
 from harness.analysis.side import budget_text
 from harness.analysis.stats import DEFAULT_RESAMPLES
 from harness.claims.measure import (
@@ -32,7 +33,6 @@ from harness.claims.measure import (
 from harness.claims.schema import Check, Metric, parse_metric
 from harness.claims.verdict import Measurement
 from harness.errors import HarnessError
-from harness.report.pareto import pareto_indices
 
 __all__ = ["measure_check"]
 

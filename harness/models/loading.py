@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from harness.errors import ModelLoadError
+from harness.model_spec import ModelSpec
 from harness.models.adapters import FamilyAdapter, get_adapter
 from harness.models.embedded import EMBEDDED_MODELS, load_embedded, load_gguf
 from harness.models.hub import hub_offline, offline_mode, offline_requested
-from harness.suite import ModelSpec
 
 logger = logging.getLogger(__name__)
 

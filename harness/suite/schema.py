@@ -12,6 +12,7 @@ from typing import Any, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.identity import IdentityScope, cell_identity
+from harness.model_spec import ModelSpec
 from harness.strict import StrictModel as _Strict
 from harness.suite.report_spec import ReportSpec
 from harness.tasks import PAPER_TASKS
@@ -35,21 +36,6 @@ def _check_seeds(v: list[int] | None) -> list[int] | None:
     if len(set(v)) != len(v):
         raise ValueError(f"a seed is listed twice in {v}: list each seed once")
     return v
-
-
-class ModelSpec(_Strict):
-    """A model: the embedded alias, a hub id, a local directory or a GGUF file."""
-
-    id: str
-    name: str | None = Field(None, description="short name used in tables (default: derived from id)")
-    revision: str | None = None
-    seqlen: int | None = Field(None, gt=0, description="default evaluation/calibration length")
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        return Path(self.id).stem if self.id.endswith(".gguf") else self.id.rstrip("/").split("/")[-1]
 
 
 class CalibrationSpec(_Strict):
