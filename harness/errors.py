@@ -24,3 +24,8 @@ class DataError(HarnessError):
 
 class UnknownEvaluationError(HarnessError):
     """An evaluation name is not registered."""
+
+
+class EvaluationPluginError(HarnessError):
+    """A registered evaluation breaks the plugin contract (`harness.evaluations`): its `Config`,
+    its `name`, an entry point that takes a built-in's name, or a name that is a cell metric."""

@@ -27,7 +27,7 @@ from harness.quantize import quantize
 from harness.quantizer import QuantizedLinear
 from harness.record import RECORD_VERSION, CellRecord
 from harness.registry import build_quantizer, get_method
-from harness.store import ResultStore, atomic_write_text
+from harness.store import ResultStore, atomic_write_text, check_json
 from harness.suite import Cell
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,15 @@ def _execute(
     for name, evaluation in planned(cell, quantized=method_cls.modifies_weights):
         if name in metrics:  # a plugin registered under the name of a bits field
             raise ValueError(f"evaluation '{name}' would replace the metric of that name; register it under another name")
-        metrics[name] = evaluation.run(context)
+        result = evaluation.run(context)
+        try:  # here, so that the cell fails with a record naming the evaluation (not when it is stored)
+            check_json(result)
+        except TypeError as exc:
+            raise TypeError(
+                f"evaluation '{name}' returned a result that cannot be written as JSON ({exc}); return only dicts, "
+                f"lists, strings, numbers, booleans and None"
+            ) from exc
+        metrics[name] = result
     t_done = time.perf_counter()
 
     return cell_record(

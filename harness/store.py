@@ -132,6 +132,15 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
+def check_json(obj: Any) -> None:
+    """Raise TypeError when `obj` cannot be written into a record as the store writes it (paths,
+    numpy/torch scalars, sets and tuples are converted; NaN/inf are allowed)."""
+    try:
+        json.dumps(obj, default=_json_default)
+    except Exception as exc:  # TypeError, a circular reference, a multi-element tensor's .item()
+        raise TypeError(f"{type(exc).__name__}: {exc}") from exc
+
+
 class ResultStore:
     """Records, saved models, logs, tables and plots of one results folder.
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from harness.evaluations.config import EvaluationConfig, NoSettings
 
 if TYPE_CHECKING:
     from harness.models.adapters import FamilyAdapter
@@ -19,12 +20,6 @@ if TYPE_CHECKING:
 
 class NonFiniteError(RuntimeError):
     """A quantized layer or an evaluation loss is NaN or infinite (the cell fails with kind `nonfinite`)."""
-
-
-class NoSettings(BaseModel):
-    """The `Config` of an evaluation without settings: its suite block is `{}`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -70,16 +65,17 @@ class EvaluationContext:
 class Evaluation:
     """An evaluation: registered under `name`, configured by its suite block (`Config`).
 
-    Subclasses set `name` and `Config` (a pydantic model with `extra="forbid"`; `NoSettings`
-    when there is nothing to set) and implement `run`. `automatic` evaluations run for every
-    quantized cell without a block in the suite (and may not be named there).
+    Subclasses set `name` (the name they are registered under: the registry checks it) and
+    `Config` (a subclass of `EvaluationConfig`; `NoSettings` when there is nothing to set) and
+    implement `run`. `automatic` evaluations run for every quantized cell without a block in
+    the suite (and may not be named there), built-in or registered by a plugin.
     """
 
     name: ClassVar[str] = ""
-    Config: ClassVar[type[BaseModel]] = NoSettings
+    Config: ClassVar[type[EvaluationConfig]] = NoSettings
     automatic: ClassVar[bool] = False
 
-    def __init__(self, config: BaseModel):
+    def __init__(self, config: EvaluationConfig):
         self.config = config
 
     def run(self, context: EvaluationContext) -> Any:

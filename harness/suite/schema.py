@@ -11,6 +11,7 @@ from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from harness.evaluations.config import EvaluationConfig
 from harness.identity import IdentityScope, cell_identity
 from harness.model_spec import ModelSpec
 from harness.strict import StrictModel as _Strict
@@ -51,7 +52,7 @@ class CalibrationSpec(_Strict):
     )
 
 
-class PerplexitySpec(_Strict):
+class PerplexitySpec(EvaluationConfig):
     datasets: list[str] = Field(default_factory=lambda: ["embedded"], min_length=1)
     seqlen: int | None = Field(None, gt=0)
     max_windows: int | None = Field(None, gt=0)
@@ -71,7 +72,7 @@ class PerplexitySpec(_Strict):
         return self
 
 
-class ThroughputSpec(_Strict):
+class ThroughputSpec(EvaluationConfig):
     """Decode throughput (`harness.metrics.throughput`): greedy decoding with a static KV cache,
     the unquantized model measured in the same run as the reference (repeats interleaved)."""
 
@@ -91,7 +92,7 @@ class ThroughputSpec(_Strict):
         return v
 
 
-class ZeroShotSpec(_Strict):
+class ZeroShotSpec(EvaluationConfig):
     """Zero-shot accuracy through lm-eval (`harness.metrics.zeroshot`), always 0-shot.
 
     The default task list is the protocol's (winogrande, piqa, hellaswag, arc_easy,

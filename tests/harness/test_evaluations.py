@@ -1,5 +1,7 @@
 """Evaluations as plugins: the registry, the suite's plugin blocks, cell keys, the order they run
-in, and an out-of-tree evaluation run from its entry point by `harness run`."""
+in, an out-of-tree evaluation run from its entry point by `harness run`, and the contract's
+checks (EvaluationConfig, the `name`, metric names, automatic plugins, JSON results, entry points
+that take a built-in's name)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import SuiteError, UnknownEvaluationError
-from harness.evaluations import BUILTIN_EVALUATIONS, EVALUATIONS, evaluation_names, get_evaluation, planned, resolve_evaluations
+from harness.errors import EvaluationPluginError, SuiteError, UnknownEvaluationError
+from harness.evaluations import (
+    BUILTIN_EVALUATIONS, CELL_METRICS, EVALUATIONS, Evaluation, EvaluationConfig, EvaluationContext, NoSettings,
+    evaluation_names, get_evaluation, planned, resolve_evaluations,
+)
 from harness.identity import IdentityScope, cell_identity
 from harness.store import ResultStore
 from harness.suite import Cell, EvaluationsSpec, load_suite, resolve_cells
@@ -190,17 +196,171 @@ report: {{tables: [csv], plots: [], html: false}}
                       "rms_logit": pytest.approx(ref["mean_logit"]["rms_logit"], rel=1e-6)}
 
 
-def test_an_evaluation_may_not_replace_a_metric(tmp_path, tiny_llama_dir, monkeypatch):
-    """A plugin registered under the name of a bits field fails the cell instead of overwriting it."""
-    from harness.runner import run_cell
+def _register(monkeypatch, name: str, cls: type) -> type:
+    """`cls` registered under `name` in this process (restored after the test)."""
+    evaluation_names()  # the built-ins and installed plugins first
+    monkeypatch.setitem(EVALUATIONS._items, name, cls)
+    return cls
+
+
+def _tiny_cell(tiny_llama_dir: Path, method: str = "none", **blocks: dict) -> Cell:
+    from harness.registry import method_config
     from harness.suite import ModelSpec
 
-    evaluation_names()
-    monkeypatch.setitem(EVALUATIONS._items, "bits", toy_evaluation.MeanLogitEvaluation)
-    cell = Cell(
-        suite="t", model=ModelSpec(id=str(tiny_llama_dir), name="tiny"), method="none", method_label="none",
-        budget=None, params={}, calibration=None, evaluations=EvaluationsSpec(perplexity=None, bits={}),
+    params = method_config(method, 4 if method != "none" else None).model_dump(mode="json")
+    return Cell(
+        suite="t", model=ModelSpec(id=str(tiny_llama_dir), name="tiny"), method=method, method_label=method,
+        budget=None, params=params, calibration=None, evaluations=EvaluationsSpec(perplexity=None, **blocks),
         seed=0, device="cpu", dtype="float32", save_model=False,
     )
-    record = run_cell(cell, ResultStore(tmp_path), progress=False)
+
+
+def test_an_evaluation_may_not_replace_a_metric(tmp_path, tiny_llama_dir, monkeypatch):
+    """A plugin registered under the name of a bits field fails the cell instead of overwriting it
+    (a cell built in code; a suite naming it is refused when it loads, below)."""
+    from harness.runner import run_cell
+
+    _register(monkeypatch, "bits", type("Bits", (toy_evaluation.MeanLogitEvaluation,), {"name": "bits"}))
+    record = run_cell(_tiny_cell(tiny_llama_dir, bits={}), ResultStore(tmp_path), progress=False)
     assert not record.ok and "would replace the metric" in record.error.message
+
+
+def test_the_cell_metrics_are_the_runners():
+    from harness import runner
+
+    assert set(CELL_METRICS) == {*runner._BITS_FIELDS, "size_bytes"}
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_suite_naming_a_metric_is_refused_when_it_loads(tmp_path, monkeypatch, registered):
+    if registered:
+        _register(monkeypatch, "bits", type("Bits", (toy_evaluation.MeanLogitEvaluation,), {"name": "bits"}))
+    with pytest.raises(SuiteError) as exc:
+        load_suite(_suite(tmp_path, "evaluations: {bits: {}}\n"))
+    message = str(exc.value)
+    for part in (str(tmp_path / "s.yaml"), "field `evaluations.bits`", "metric every cell records", "another name"):
+        assert part in message, message
+    assert "\n" not in message
+
+
+class _Probe(Evaluation):
+    """Automatic: runs for every quantized cell, records what it saw."""
+
+    name = "auto_probe"
+    automatic = True
+
+    def run(self, context: EvaluationContext) -> dict:
+        return {"quantized": context.quantized, "bits_seen": context.metrics["bits"]}
+
+
+def test_an_automatic_plugin_runs_for_every_quantized_cell(tmp_path, tiny_llama_dir, monkeypatch, mean_logit):
+    from harness.runner import run_cell
+
+    _register(monkeypatch, "auto_probe", _Probe)
+    raw = json.loads(_QUICKSTART_CRVQ_CELL)
+    raw["evaluations"] = {**raw["evaluations"], "mean_logit": {}}
+    cell = Cell.model_validate(raw)
+    assert [n for n, _ in planned(cell, quantized=True)] == ["perplexity", "zero_shot", "agreement", "auto_probe", "mean_logit"]
+    assert [n for n, _ in planned(cell, quantized=False)] == ["perplexity", "zero_shot", "mean_logit"]
+    with pytest.raises(ValueError, match="'auto_probe' runs for every quantized cell by itself"):
+        resolve_evaluations(EvaluationsSpec.model_validate({"auto_probe": {}}))
+    store = ResultStore(tmp_path)
+    quantized, reference = (run_cell(_tiny_cell(tiny_llama_dir, m), store, progress=False) for m in ("rtn", "none"))
+    assert quantized.ok and reference.ok, (quantized.error, reference.error)
+    assert quantized.dump()["metrics"]["auto_probe"] == {"quantized": True, "bits_seen": quantized.metrics.bits}
+    assert "auto_probe" not in reference.dump()["metrics"]
+
+
+def test_evaluation_config_is_strict_and_frozen():
+    class Cfg(EvaluationConfig):
+        windows: int = 2
+
+    with pytest.raises(ValidationError, match="colour"):
+        Cfg.model_validate({"windows": 3, "colour": "red"})
+    with pytest.raises(ValidationError, match="frozen"):
+        Cfg().windows = 4
+    for name in BUILTIN_EVALUATIONS:  # the built-ins' Configs derive from it
+        assert issubclass(get_evaluation(name).Config, EvaluationConfig), name
+    assert issubclass(NoSettings, EvaluationConfig) and issubclass(toy_evaluation.MeanLogitConfig, EvaluationConfig)
+
+
+class _LooseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _AllowingConfig(EvaluationConfig):
+    model_config = ConfigDict(extra="allow")
+
+
+@pytest.mark.parametrize("config", [_LooseConfig, _AllowingConfig])
+def test_a_plugin_config_must_derive_from_evaluation_config(tmp_path, monkeypatch, config):
+    _register(monkeypatch, "loose", type("Loose", (Evaluation,), {"name": "loose", "Config": config}))
+    with pytest.raises(EvaluationPluginError) as exc:
+        get_evaluation("loose")
+    for part in ("evaluation 'loose'", config.__qualname__, "EvaluationConfig", "NoSettings"):
+        assert part in str(exc.value), exc.value
+    with pytest.raises(SuiteError, match=r"field `evaluations.loose`: evaluation 'loose' .*EvaluationConfig"):
+        load_suite(_suite(tmp_path, "evaluations: {loose: {}}\n"))
+
+
+def test_a_plugin_name_must_be_its_registry_name(monkeypatch):
+    _register(monkeypatch, "mean_logit2", toy_evaluation.MeanLogitEvaluation)
+    with pytest.raises(EvaluationPluginError, match=r"registered as 'mean_logit2' but its class attribute `name` is 'mean_logit'"):
+        get_evaluation("mean_logit2")
+
+
+class _Opaque(Evaluation):
+    name = "opaque"
+
+    def run(self, context: EvaluationContext) -> dict:
+        return {"value": object()}
+
+
+class _Tensor(Evaluation):
+    name = "tensor"
+
+    def run(self, context: EvaluationContext) -> dict:
+        return {"logits": torch.zeros(3)}
+
+
+@pytest.mark.parametrize("cls", [_Opaque, _Tensor])
+def test_a_result_that_is_not_json_fails_the_cell(tmp_path, tiny_llama_dir, monkeypatch, cls):
+    from harness.runner import run_cell
+
+    _register(monkeypatch, cls.name, cls)
+    store = ResultStore(tmp_path)
+    cell = _tiny_cell(tiny_llama_dir, **{cls.name: {}})
+    record = run_cell(cell, store, progress=False)  # returns (the worker does not die)
+    assert not record.ok and f"evaluation '{cls.name}' returned a result that cannot be written as JSON" in record.error.message
+    assert store.get(cell.key).status == "failed"
+
+
+def _fake_entry_points(monkeypatch, name: str, value: str) -> None:
+    from importlib.metadata import EntryPoint
+
+    def entry_points(group: str) -> list[EntryPoint]:
+        return [EntryPoint(name=name, value=value, group=group)]
+
+    monkeypatch.setattr("harness.registry.entry_points", entry_points)
+
+
+def test_an_entry_point_may_not_replace_a_builtin_evaluation(monkeypatch):
+    _fake_entry_points(monkeypatch, "perplexity", "toy_harness_evaluation:MeanLogitEvaluation")
+    monkeypatch.setattr(EVALUATIONS, "_items", {})
+    monkeypatch.setattr(EVALUATIONS, "_discovered", False)
+    for _ in range(2):  # not only the first lookup
+        with pytest.raises(EvaluationPluginError, match=r"'perplexity = toy_harness_evaluation:MeanLogitEvaluation'.*"
+                           r"built-in evaluation 'perplexity'.*Rename the entry point"):
+            get_evaluation("mean_logit")
+    _fake_entry_points(monkeypatch, "perplexity", BUILTIN_EVALUATIONS["perplexity"])  # the harness's own: fine
+    assert get_evaluation("perplexity").__name__ == "PerplexityEvaluation"
+
+
+def test_an_entry_point_named_like_a_builtin_method_replaces_it_with_a_warning(monkeypatch, caplog):
+    from harness.registry import BUILTIN_METHODS, Registry
+
+    _fake_entry_points(monkeypatch, "rtn", "tests.fixtures.toy_plugin:ToyQuantizer")
+    registry = Registry("method", builtins=BUILTIN_METHODS)
+    with caplog.at_level("WARNING", logger="harness.registry"):
+        assert registry.get("rtn").__name__ == "ToyQuantizer"
+    assert "has the name of the built-in method 'rtn'" in caplog.text
