@@ -169,7 +169,7 @@ def report(
     from harness.report.compare import as_pairs, write_compare_tables
     from harness.store import ResultStore
 
-    if not (results_dir / "records").is_dir():
+    if not ResultStore(results_dir).exists():
         raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
     if layout not in ("default", "paper"):
         raise HarnessError(f"--layout {layout!r}: use `default` or `paper`.")
@@ -228,8 +228,7 @@ def show(
     """Print the record of one cell."""
     from harness.store import ResultStore
 
-    roots = [results] if (results / "records").is_dir() else sorted(p.parent for p in results.glob("*/records"))
-    matches = [r for root in roots for r in ResultStore(root).find(cell)]
+    matches = [r for store in ResultStore.roots_under(results) for r in store.find(cell)]
     if not matches:
         raise HarnessError(f"no cell matches '{cell}' under {results}; give a key prefix or a label such as 'smollm2-135m/rtn/b4'.")
     for record in matches:
@@ -253,7 +252,7 @@ def compare(
     from harness.analysis.compare import compare_methods
     from harness.store import ResultStore
 
-    if not (results_dir / "records").is_dir():
+    if not ResultStore(results_dir).exists():
         raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
     store = ResultStore(results_dir)
     result = compare_methods(store, base, against, model=model, budget=budget, dataset=dataset, level=level, resamples=resamples)
@@ -283,7 +282,7 @@ def verify(
 
     claims = load_claims(claims_path)
     for results_dir in results_dirs:
-        if not (results_dir / "records").is_dir():
+        if not ResultStore(results_dir).exists():
             raise HarnessError(f"{results_dir}: not a results directory (no records/ inside). Give the output_dir of a suite run, e.g. results/quickstart.")
     if resamples < 100:
         raise HarnessError(f"--resamples {resamples}: use at least 100 (2000 is the default).")

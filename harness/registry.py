@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, TypeVar
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from harness.quantizer import MethodConfig, Quantizer
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "harness.methods"
 
@@ -35,15 +37,18 @@ class Registry(Generic[T]):
     """A name -> object registry accepting objects or lazy `"module:attr"` targets.
 
     On first use it registers `builtins` (name -> "module:attr") and then the entry points of
-    `group` (third-party packages; an entry point equal to a built-in is skipped)."""
+    `group` (third-party packages; an entry point equal to a built-in is skipped). An entry point
+    that takes a built-in's name with another target raises `clash_error` when one is given, else
+    it replaces the built-in, with a logged warning."""
 
     def __init__(
         self, kind: str, group: str = ENTRY_POINT_GROUP, error: type[HarnessError] = UnknownMethodError,
-        builtins: Mapping[str, str] | None = None,
+        builtins: Mapping[str, str] | None = None, clash_error: type[HarnessError] | None = None,
     ):
         self.kind = kind
         self.group = group  # the entry-point group third-party packages register under
         self.error = error  # raised for an unknown or unimportable name
+        self.clash_error = clash_error  # raised for an entry point named like a built-in (None: it replaces it)
         self.builtins = dict(builtins or {})
         self._items: dict[str, T | str] = {}
         self._discovered = False
@@ -52,11 +57,26 @@ class Registry(Generic[T]):
         """Register the built-ins and the entry points of `group` (once)."""
         if self._discovered:
             return
-        self._discovered = True
-        self._items.update(self.builtins)
+        items: dict[str, T | str] = dict(self.builtins)
         for ep in entry_points(group=self.group):
-            if self.builtins.get(ep.name) != ep.value:
-                self._items[ep.name] = ep.value
+            builtin = self.builtins.get(ep.name)
+            if builtin == ep.value:
+                continue
+            if builtin is not None:
+                dist = getattr(getattr(ep, "dist", None), "name", None)
+                clash = (
+                    f"the entry point '{ep.name} = {ep.value}' (group '{self.group}'"
+                    f"{f', package {dist!r}' if dist else ''}) has the name of the built-in {self.kind} "
+                    f"'{ep.name}' ({builtin})"
+                )
+                if self.clash_error is not None:
+                    raise self.clash_error(
+                        f"{clash}. Rename the entry point in that package, or uninstall it."
+                    )
+                logger.warning("%s: it replaces the built-in; rename the entry point to keep both.", clash)
+            items[ep.name] = ep.value
+        self._items.update(items)
+        self._discovered = True
 
     def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | T | str:
         """Register `target` under `name`; without a target, return a class decorator."""

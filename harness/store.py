@@ -158,6 +158,18 @@ class ResultStore:
     def records_dir(self) -> Path:
         return self.root / "records"
 
+    def exists(self) -> bool:
+        """Whether the root is a results directory (it has the records folder)."""
+        return self.records_dir.is_dir()
+
+    @classmethod
+    def roots_under(cls, path: str | os.PathLike) -> list[ResultStore]:
+        """`path` itself if it is a results directory, else its subfolders that are (sorted)."""
+        store = cls(path)
+        if store.exists():
+            return [store]
+        return [s for s in (cls(p) for p in sorted(Path(path).iterdir()) if p.is_dir()) if s.exists()] if Path(path).is_dir() else []
+
     @property
     def models_dir(self) -> Path:
         return self.root / "models"

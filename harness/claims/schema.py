@@ -43,7 +43,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.errors import HarnessError
-from harness.strict import Source, StrictModel as _Strict
+from harness.strict import Source, StrictModel, validation_message
 
 __all__ = [
     "Change", "Check", "Claim", "ClaimsError", "ClaimsFile", "Metric", "SideSpec", "Source", "load_claims",
@@ -60,7 +60,7 @@ class ClaimsError(HarnessError):
     """A claims file is malformed or names something that does not exist."""
 
 
-class SideSpec(_Strict):
+class SideSpec(StrictModel):
     """Which cells one side of a claim selects: a registered method, optionally one line of it
     (its `label`, a glob) and params the cells must have."""
 
@@ -100,7 +100,7 @@ def _check_order(claimed: tuple[float, float]) -> None:
         raise ValueError(f"the claimed range [{low}, {high}] must be [low, high] with low <= high")
 
 
-class Change(_Strict):
+class Change(StrictModel):
     """A claimed change of `against` relative to `base`: in percent of the base's value, or in
     the metric's unit; one number, or a range [low, high] (-.inf / .inf for one-sided claims)."""
 
@@ -129,7 +129,7 @@ class Change(_Strict):
         return self.percent if self.percent is not None else self.absolute  # type: ignore[return-value]
 
 
-class Check(_Strict):
+class Check(StrictModel):
     """The checkable form of a claim: a paired comparison (`base`, `against`, `change`) or a
     claimed value of one method (`method`, `value`), on a model (pattern), budget and metric."""
 
@@ -194,7 +194,7 @@ class Check(_Strict):
         return self.change.unit if self.change is not None else "value"
 
 
-class Claim(_Strict):
+class Claim(StrictModel):
     id: str
     source: str = Field(description="a key of the file's `sources`")
     table: str | None = Field(None, description="where in the source: table, figure, section")
@@ -209,7 +209,7 @@ class Claim(_Strict):
         return v
 
 
-class ClaimsFile(_Strict):
+class ClaimsFile(StrictModel):
     name: str
     description: str = ""
     sources: dict[str, Source] = Field(min_length=1)
@@ -229,7 +229,7 @@ class ClaimsFile(_Strict):
 
 # --------------------------------------------------------------------------- metric
 
-class Metric(_Strict):
+class Metric(StrictModel):
     """A parsed metric: kind (ppl, bpb, acc, bits, tok/s), what (dataset, task, bits field, batch)."""
 
     kind: Literal["ppl", "bpb", "acc", "bits", "tok/s"]
@@ -268,13 +268,13 @@ def _where(path: Path, field: str, claim_id: str) -> str:
 
 
 def _check_model(pattern: str, where: str) -> None:
-    from harness.suite.schema import _HUB_ID
+    from harness.suite.schema import HUB_ID
 
     names = known_model_names()
     if any(c in pattern for c in "*?["):
         if any(fnmatch.fnmatch(n.lower(), pattern.lower()) for n in names):
             return
-    elif pattern.lower() in {n.lower() for n in names} or _HUB_ID.match(pattern):
+    elif pattern.lower() in {n.lower() for n in names} or HUB_ID.match(pattern):
         return
     presets = ", ".join(sorted(n for n in names if "/" not in n))
     raise ClaimsError(
@@ -343,9 +343,8 @@ def load_claims(path: str | os.PathLike) -> ClaimsFile:
     try:
         claims = ClaimsFile.model_validate(raw)
     except ValidationError as exc:  # the suite loader's one-paragraph message
-        from harness.suite import _validation_message
 
-        raise ClaimsError(_validation_message(
+        raise ClaimsError(validation_message(
             str(p), exc, "claims file", "Fix the claims file (format: harness/claims/schema.py, example: "
             "suites/claims/crvq.yaml).")) from None
     for i, claim in enumerate(claims.claims):

@@ -44,10 +44,7 @@ _QUANTILE_STYLES = (("q50", "median", "-"), ("q90", "q90", "--"), ("q99", "q99",
 # ----------------------------------------------------------------------------- finding the cell
 def result_roots(results: Path) -> list[Path]:
     """`results` itself if it is a results directory (has records/), else its subfolders that are."""
-    results = Path(results)
-    if (results / "records").is_dir():
-        return [results]
-    return sorted(p.parent for p in results.glob("*/records") if p.is_dir())
+    return [store.root for store in ResultStore.roots_under(results)]
 
 
 def find_record(cell: str, results: Path) -> tuple[CellRecord, Path]:

@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from harness.errors import HarnessError
-from harness.strict import Source, StrictModel as _Strict
+from harness.strict import Source, StrictModel, validation_message
 
 if TYPE_CHECKING:
     from harness.record import CellRecord
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Reference", "ReferenceEntry", "Source", "load_reference"]
 
 
-class ReferenceEntry(_Strict):
+class ReferenceEntry(StrictModel):
     """Published numbers of one method configuration on one model."""
 
     model: str
@@ -61,7 +61,7 @@ class ReferenceEntry(_Strict):
         return all(key in params and params[key] == value for key, value in self.match.items())
 
 
-class Reference(_Strict):
+class Reference(StrictModel):
     """A reference file: named sources and the entries citing them."""
 
     name: str
@@ -92,7 +92,6 @@ def load_reference(path: str | os.PathLike) -> Reference:
     try:
         return Reference.model_validate(raw)
     except ValidationError as exc:  # the one-paragraph message of suites and claims files
-        from harness.suite import _validation_message
 
-        raise HarnessError(_validation_message(
+        raise HarnessError(validation_message(
             str(p), exc, "reference file", "See harness/report/reference.py for the format.")) from exc

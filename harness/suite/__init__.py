@@ -16,13 +16,13 @@ from pydantic import ValidationError
 
 from harness.errors import HarnessError, SuiteError, UnknownMethodError
 from harness.registry import BudgetError, default_label, get_method, method_config
-from harness.tasks import PACK_TASKS
+from harness.strict import format_loc, validation_message
 from harness.suite.report_spec import ComparePair, ReportSpec, SweepSpec
 from harness.suite.schema import (
     EMBEDDED_MODEL_ALIAS,
     EMBEDDED_MODEL_NAMES,
     KNOWN_DATASETS,
-    _HUB_ID,
+    HUB_ID,
     CalibrationSpec,
     Cell,
     EvaluationsSpec,
@@ -35,6 +35,7 @@ from harness.suite.schema import (
     ThroughputSpec,
     ZeroShotSpec,
 )
+from harness.tasks import PACK_TASKS
 
 __all__ = [
     "EMBEDDED_MODEL_ALIAS", "EMBEDDED_MODEL_NAMES", "KNOWN_DATASETS", "CalibrationSpec", "Cell", "ComparePair",
@@ -45,36 +46,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- loading
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("str", "ModelSpec", "ExecutorSpec", "literal['local']") or "function-after" in str(part):
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _validation_message(
-    path: str, exc: ValidationError, what: str = "suite", fix: str = "Fix the suite file and run `harness validate` again."
-) -> str:
-    """One paragraph from a pydantic error: the file, up to four fields with their problem, the fix
-    (also used for other validated YAML files, e.g. claims files: `what` and `fix`)."""
-    parts = []
-    for err in exc.errors()[:4]:
-        loc = _format_loc(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; unknown keys are not allowed)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        parts.append(f"field `{loc}`: {msg}")
-    more = f" (and {len(exc.errors()) - 4} more)" if len(exc.errors()) > 4 else ""
-    return f"{path}: invalid {what} — " + "; ".join(parts) + more + f". {fix}"
-
 
 def load_suite(path: str | os.PathLike, *, stand_in: str | None = None) -> Suite:
     """Read and validate a suite file (schema, methods, budgets, models, datasets), with a
@@ -95,7 +66,7 @@ def load_suite(path: str | os.PathLike, *, stand_in: str | None = None) -> Suite
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        raise SuiteError(_validation_message(str(p), exc)) from exc
+        raise SuiteError(validation_message(str(p), exc)) from exc
     _check_references(suite, p)
     return suite
 
@@ -122,7 +93,7 @@ def _check_model(spec: ModelSpec, where: str, suite_path: Path) -> None:
     if spec.id in EMBEDDED_MODEL_NAMES or resolve_path(spec.id, suite_path) is not None:
         return
     looks_like_path = spec.id.endswith(".gguf") or spec.id.startswith((".", "/", "~"))
-    if looks_like_path or not _HUB_ID.match(spec.id):
+    if looks_like_path or not HUB_ID.match(spec.id):
         raise SuiteError(
             f"{suite_path}: field `{where}`: model '{spec.id}' is neither an embedded model "
             f"({', '.join(EMBEDDED_MODEL_NAMES)}), an existing local directory or GGUF file, nor a hub id of the "
@@ -209,7 +180,7 @@ def _check_evaluations(spec: EvaluationsSpec, path: Path) -> None:
         try:
             resolve_evaluations(EvaluationsSpec.model_validate({name: block}))
         except ValidationError as exc:
-            details = "; ".join(f"`{_format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
+            details = "; ".join(f"`{format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
             cls = get_evaluation(name)
             raise SuiteError(
                 f"{path}: field `evaluations.{name}`: invalid settings — {details}. The settings are the fields of "
@@ -295,7 +266,7 @@ def _resolve_entry(entry: MethodEntry, where: str) -> list[tuple[int | None, dic
         except BudgetError as exc:
             raise SuiteError(f"{where}.budgets[{j}]: {exc}") from exc
         except ValidationError as exc:
-            details = "; ".join(f"`params.{_format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
+            details = "; ".join(f"`params.{format_loc(e['loc'])}`: {e['msg']}" for e in exc.errors()[:4])
             raise SuiteError(
                 f"{where} ({entry.name}): invalid params — {details}. Run `harness list` for the "
                 f"parameters of '{entry.name}' and their types."

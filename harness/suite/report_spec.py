@@ -5,19 +5,19 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.strict import StrictModel as _Strict
+from harness.strict import StrictModel
 
 __all__ = ["PAPER_METHODS", "ComparePair", "PaperSpec", "ReportSpec", "SweepSpec"]
 
 
-class ComparePair(_Strict):
+class ComparePair(StrictModel):
     """A paired comparison for the report (`harness.report.compare`): method labels or names."""
 
     base: str = Field(description="method label (or name) compared against")
     against: str = Field(description="method label (or name) whose difference from `base` is reported")
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """A parameter sweep for the report (`harness.report.sweeps`): perplexity vs one method parameter."""
 
     method: str = Field(description="method name whose cells form the sweep, e.g. crvq")
@@ -29,7 +29,7 @@ class SweepSpec(_Strict):
 PAPER_METHODS = {"none": "Unquantized", "rtn": "RTN", "gptq": "GPTQ", "aqlm": "AQLM", "crvq": "CRVQ"}
 
 
-class PaperSpec(_Strict):
+class PaperSpec(StrictModel):
     """The paper layout (`harness report --layout paper`, `harness.report.paper`)."""
 
     methods: dict[str, str] = Field(
@@ -43,7 +43,7 @@ class PaperSpec(_Strict):
     )
 
 
-class ReportSpec(_Strict):
+class ReportSpec(StrictModel):
     tables: list[Literal["markdown", "latex", "csv"]] = Field(default_factory=lambda: ["markdown", "latex", "csv"])
     plots: list[Literal["png", "svg"]] = Field(default_factory=lambda: ["png", "svg"])
     html: bool = Field(True, description="also write report.html: the whole report in one self-contained page")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.evaluations.config import EvaluationConfig
 from harness.identity import IdentityScope, cell_identity
 from harness.model_spec import ModelSpec
-from harness.strict import StrictModel as _Strict
+from harness.strict import StrictModel
 from harness.suite.report_spec import ReportSpec
 from harness.tasks import PAPER_TASKS
 
@@ -22,7 +22,8 @@ EMBEDDED_MODEL_ALIAS = "smollm2-135m"
 #: The embedded models a suite may name (the catalog `harness.models.embedded.EMBEDDED_MODELS`).
 EMBEDDED_MODEL_NAMES = ("smollm2-135m", "gemma3-270m")
 KNOWN_DATASETS = ("wikitext2", "c4", "ptb", "redpajama", "embedded")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: A Hugging Face hub id as a suite must write it: `org/name`.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_seeds(v: list[int] | None) -> list[int] | None:
@@ -39,7 +40,7 @@ def _check_seeds(v: list[int] | None) -> list[int] | None:
     return v
 
 
-class CalibrationSpec(_Strict):
+class CalibrationSpec(StrictModel):
     source: str = "embedded"
     num_sequences: int = Field(128, gt=0)
     seqlen: int | None = Field(None, gt=0)
@@ -169,7 +170,7 @@ class EvaluationsSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class FinetuneE2ESpec(_Strict):
+class FinetuneE2ESpec(StrictModel):
     """End-to-end fine-tuning after quantization (`harness.finetune_e2e`): distil the unquantized
     model's logits into the quantized model on the calibration sequences (KL per token), training
     the layers' continuous tensors (codebooks, scales) and the norms. The same spec on two method
@@ -187,7 +188,7 @@ class FinetuneE2ESpec(_Strict):
     gradient_checkpointing: bool = Field(True, description="recompute each block's activations in the backward pass")
 
 
-class MethodEntry(_Strict):
+class MethodEntry(StrictModel):
     """One method line of a suite: a name, explicit params and/or nominal bit budgets, and an
     optional end-to-end fine-tuning stage after quantization."""
 
@@ -230,7 +231,7 @@ _EXECUTOR_FIELDS = {
 }
 
 
-class ExecutorSpec(_Strict):
+class ExecutorSpec(StrictModel):
     """Where cells run: `local` (subprocesses here), `ray` (one Ray task per cell) or `slurm`
     (one Slurm job per cell, through submitit)."""
 
@@ -266,7 +267,7 @@ class ExecutorSpec(_Strict):
         return self
 
 
-class Suite(_Strict):
+class Suite(StrictModel):
     name: str
     description: str = ""
     seed: int = 0
@@ -332,7 +333,7 @@ class Suite(_Strict):
         return self
 
 
-class Cell(_Strict):
+class Cell(StrictModel):
     """One unit of work: one model, one fully resolved method config, its evaluations."""
 
     suite: str
