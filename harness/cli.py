@@ -77,7 +77,6 @@ def run(
     """Run every cell of a suite (finished cells are skipped), then write tables and plots."""
     from harness.claims.report import suite_claim_files
     from harness.executors import check_executor, run_cells
-    from harness.record import CellRecord
     from harness.report import write_report
     from harness.store import ResultStore
     from harness.suite import load_suite, output_dir, resolve_cells
@@ -95,8 +94,7 @@ def run(
     check_executor(suite.executor)
     store.save_suite(suite.name, suite_path.read_text(encoding="utf-8"))  # shown in report.html
     progress = not no_progress and os.environ.get("HARNESS_NO_PROGRESS") != "1"
-    records = [CellRecord.load(r) for r in run_cells(cells, store, suite.executor, progress=progress,
-                                                     base_dir=suite_path.resolve().parent)]
+    records = run_cells(cells, store, suite.executor, progress=progress, base_dir=suite_path.resolve().parent)
     paths = write_report(store, tables=suite.report.tables, plots=suite.report.plots, title=suite.name, html=suite.report.html,
                          compare=suite.report.compare, sweeps=suite.report.sweeps, claims=claims)
     print_records(records)

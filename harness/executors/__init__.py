@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.executors.driver import run_with_backend
+from harness.record import CellRecord
 from harness.store import ResultStore
 from harness.suite import Cell, ExecutorSpec
 
@@ -33,7 +34,7 @@ def run_cells(
     *,
     progress: bool = True,
     base_dir: Path | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CellRecord]:
     """Run every unfinished cell with the executor ``spec`` describes; returns the records in order.
 
     Stale temp files of killed writers are removed first.

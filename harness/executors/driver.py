@@ -48,7 +48,7 @@ def run_with_backend(
     *,
     max_retries: int = 1,
     max_parallel: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CellRecord]:
     """Run every unfinished cell through ``backend``; returns the records in ``cells``' order."""
     total = len(cells)
     index = {cell.key: i for i, cell in enumerate(cells, 1)}
