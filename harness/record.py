@@ -211,6 +211,11 @@ class CellRecord(_Open):
         return bool(self.reference) if self.reference is not None else self.method == "none"
 
     @property
+    def display(self) -> str:
+        """``<label> (key <key>)``, for messages."""
+        return f"{self.label or '?'} (key {self.key})"
+
+    @property
     def repeat_group(self) -> str:
         """Equal for records that repeat one configuration with other seeds
         (:data:`IdentityScope.REPEAT_GROUP`); a record without its cell config is a group of its own."""
