@@ -11,6 +11,7 @@ import pytest
 
 from harness.identity import IdentityScope, cell_identity, identity_payload
 from harness.suite import Cell, load_suite, resolve_cells
+from tests.fixtures.report_snapshot import SNAPSHOT_RECORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ["quickstart.yaml", "quickstart_repeats.yaml", "families.yaml", "sub2bit.yaml", "paper/main_table.yaml"]
@@ -134,9 +135,8 @@ def test_quickstart_record_keys_are_pinned():
         **{k: v for k, v in _PARAMS_COMMON.items() if k not in ("num_codebooks", "nbits_per_codebook")},
     }
     assert Cell.model_validate(crvq).key == "14c9ff78f0ab1e70"
-    snapshot = ROOT / "tests" / "harness" / "data" / "report_snapshot" / "results" / "records"  # committed copies
     stored = ROOT / "results" / "quickstart" / "records"  # where the results exist
-    paths = sorted(snapshot.glob("*.json")) + sorted(stored.glob("*.json"))
+    paths = sorted(SNAPSHOT_RECORDS.glob("*.json")) + sorted(stored.glob("*.json"))
     assert len(paths) >= 5
     for path in paths:  # every stored cell keeps its key
         record = json.loads(path.read_text())

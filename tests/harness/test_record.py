@@ -5,7 +5,6 @@ import copy
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +14,9 @@ from harness.metrics.zeroshot import TaskResult, ZeroShotResult
 from harness.record import (
     DEFAULT_SEED, RECORD_VERSION, CellRecord, Metrics, PerplexityMetric, ZeroShotMetric, ZeroShotTask,
 )
+from tests.fixtures.report_snapshot import SNAPSHOT_RECORDS
 
-ROOT = Path(__file__).resolve().parents[2]
-#: The quickstart's real records as written before the typed record existed (version 0; copies
-#: with the per-layer logs removed, committed for the report snapshot test).
-SNAPSHOT_RECORDS = ROOT / "tests" / "harness" / "data" / "report_snapshot" / "results" / "records"
+#: The quickstart's real records as written before the typed record existed (version 0).
 QUICKSTART = sorted(p for p in SNAPSHOT_RECORDS.glob("*.json") if json.loads(p.read_text())["suite"] == "quickstart")
 
 
