@@ -2,7 +2,8 @@
 
 Usage:
   python bench/paper_settings_speed.py [--blocks 2] [--methods aqlm,crvq] [--windows 40]
-      [--before COMMIT] [--threads 2] [--out bench/results/paper_settings_speed.md]
+      [--before COMMIT] [--threads 2] [--settings 'fast={"steps_per_epoch": 25, "lr": 4e-4}']
+      [--out bench/results/paper_settings_speed.md]
 
 Each run quantizes the first `--blocks` blocks of the embedded model (SmolLM2-135M) with the
 published budget-1 algorithm at the paper settings of suites/paper_settings_embedded.yaml
@@ -14,8 +15,11 @@ subprocess (peak RSS per run). Reported per run: seconds in capture, layer optim
 linear, summed), block fine-tuning, the rest of the pipeline (H accumulation, propagation),
 evaluation; epochs per layer; fine-tuning epochs per block; peak RSS; perplexity.
 
-`--before COMMIT` also runs the code of COMMIT (`git archive` into a temporary folder) for each
-method, interleaved with the working tree's, so both sides see the same machine load.
+`--settings NAME=JSON` (repeatable) also runs the working tree with JSON merged into the paper
+settings, right after the paper settings' run of each method: a settings change measured
+before/after in one run. `--before COMMIT` also runs the code of COMMIT (`git archive` into a
+temporary folder) for each method, interleaved with the working tree's, so both sides see the
+same machine load.
 """
 from __future__ import annotations
 
@@ -60,7 +64,7 @@ def worker(args: argparse.Namespace) -> dict:
     from harness.pipeline import run_pipeline
     from harness.registry import build_quantizer
 
-    quantizer = build_quantizer(args.method, 1, PAPER)
+    quantizer = build_quantizer(args.method, 1, {**PAPER, **json.loads(args.overrides)})
     t0 = time.perf_counter()
     loaded = load_model("smollm2-135m", dtype=torch.float32, device=torch.device("cpu"), progress=False)
     tokenizer = loaded.tokenizer
@@ -96,26 +100,34 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--before", default=None, help="a commit to compare against (run interleaved)")
+    parser.add_argument("--settings", action="append", default=[], metavar="NAME=JSON",
+                        help="also run the working tree with JSON merged into the paper settings")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="aqlm", help=argparse.SUPPRESS)
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
     parser.add_argument("--label", default="working tree", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    roots = [("working tree", str(REPO))]
+    roots = [("working tree", str(REPO), "{}")]
+    for spec in args.settings:
+        name, _, overrides = spec.partition("=")
+        json.loads(overrides)
+        roots.append((f"working tree, {name}", str(REPO), overrides))
     tmp = None
     if args.before:
         tmp = tempfile.TemporaryDirectory(prefix="before-")
         archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp.name], input=archive, check=True)
-        roots.insert(0, (f"before ({args.before[:7]})", tmp.name))
+        roots.insert(0, (f"before ({args.before[:7]})", tmp.name, "{}"))
     runs = []
     for method in args.methods.split(","):
-        for label, root in roots:
+        for label, root, overrides in roots:
             cmd = [sys.executable, __file__, "--worker", "--method", method, "--root", root, "--label", label,
+                   "--overrides", overrides,
                    "--blocks", str(args.blocks), "--windows", str(args.windows), "--threads", str(args.threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))

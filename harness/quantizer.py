@@ -12,14 +12,28 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
 
 class MethodConfig(BaseModel):
-    """Base class of every method's config: frozen, unknown keys are errors."""
+    """Base class of every method's config: frozen, unknown keys are errors.
+
+    `late_fields` names fields added after results existed: the dump (a cell's resolved
+    `params`) leaves them out while they hold their default, so the record keys of cells that
+    do not set them stay what they were.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    late_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_late_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.late_fields:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,14 @@ class AQLMConfig(MethodConfig):
         3, ge=1, description="epochs without validation improvement before stopping (published AQLM: 3)"
     )
     finetune_keep_best: bool = Field(True, description="restore the parameters of the best validation epoch")
+    finetune_dtype: Literal["calibration", "bfloat16"] = Field(
+        "calibration",
+        description="dtype of the fine-tuning forward and backward passes: calibration = the calibration's "
+        "compute dtype (as the targets were computed); bfloat16 = autocast (parameters, Adam state and the "
+        "loss stay float32; ~1.6x faster on GPUs and CPUs with AVX512-BF16, slower on CPUs without)",
+    )
+
+    late_fields = frozenset({"finetune_dtype"})
 
     _variant = variant_defaults(VARIANTS)
     _no_bools = reject_bools(

@@ -10,8 +10,9 @@ parameters are kept: those of the best epoch, or the unchanged ones if no epoch 
 the start. Afterwards codebooks and scales are float16 buffers again (rounded; the same
 `state_dict` keys and dtypes as before) and norm weights have their original dtype.
 
-The forward passes use `BlockData.run` (autocast to the calibration dtype, as the targets were
-computed). Everything else in the block is frozen; the block stays in eval mode (no dropout).
+The forward passes use `BlockData.run`: autocast to the calibration dtype (as the targets were
+computed), or to `compute_dtype` when given (e.g. bfloat16; parameters, Adam state and the
+loss stay float32). Everything else in the block is frozen; the block stays in eval mode (no dropout).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -62,7 +64,7 @@ def _cloned(value: Any) -> Any:
 def finetune_block(
     block: nn.Module, inputs: BlockData, targets: torch.Tensor, *, lr: float, betas: tuple[float, float],
     max_epochs: int, batch_size: int, val_fraction: float, patience: int, keep_best: bool,
-    max_sequences: int | None, generator: torch.Generator,
+    max_sequences: int | None, generator: torch.Generator, compute_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `block` in place (see the module docstring); returns the log entry.
 
@@ -71,13 +73,17 @@ def finetune_block(
     batch_size: sequences per Adam step, as a whole number of the pipeline's batches (gradients
       of several batches are accumulated; rounded, at least one batch).
     max_sequences: use only the first sequences (rounded up to whole batches); None = all.
+    compute_dtype: autocast dtype of the passes; None = the calibration's (`inputs.compute_dtype`).
     Log entry: finetune_epochs (epochs run); finetune_best_epoch (epoch of the best validation
     MSE, 0 = the start); finetune_train_mse_start / _end (mean training MSE of the first / last
     epoch, each batch measured before its own update); finetune_val_mse_start (before any
-    update) and finetune_val_mse_best; finetune_seconds. Validation entries are None without
+    update), finetune_val_mse_best and finetune_val_mse_history (after each epoch);
+    finetune_seconds. Validation entries are None without
     a validation split. MSEs are per element of the hidden states (float32 targets).
     """
     start_time = time.perf_counter()
+    if compute_dtype is not None:
+        inputs = replace(inputs, compute_dtype=compute_dtype)
     n = inputs.hidden.shape[0]
     if max_sequences is not None:
         n = min(n, max_sequences)
@@ -108,6 +114,7 @@ def finetune_block(
         best = val_start
         optimizer = torch.optim.Adam(params, lr=lr, betas=(float(betas[0]), float(betas[1])))
         train_means: list[float] = []
+        val_means: list[float] = []
         epochs, bad, diverged = 0, 0, False
         for epoch in range(1, max_epochs + 1):
             total = 0.0
@@ -122,6 +129,8 @@ def finetune_block(
             train_means.append(total / sum(b[1] for b in train))
             epochs = epoch
             current = mean_loss(val) if val else None
+            if current is not None:
+                val_means.append(current)
             if not math.isfinite(train_means[-1]) or (current is not None and not math.isfinite(current)):
                 diverged = True
                 break
@@ -143,5 +152,6 @@ def finetune_block(
         "finetune_train_mse_end": train_means[-1] if train_means else None,
         "finetune_val_mse_start": val_start,
         "finetune_val_mse_best": best,
+        "finetune_val_mse_history": val_means if val else None,
         "finetune_seconds": round(time.perf_counter() - start_time, 3),
     }

@@ -123,7 +123,8 @@ class AQLMQuantizer(Quantizer):
         block outputs `targets` [n, seqlen, hidden] on `inputs` (`harness.plugin.BlockData`),
         with a validation split and early stopping (`methods/aqlm/finetune.py`). Appends
         {finetune_epochs, finetune_best_epoch, finetune_train_mse_start, finetune_train_mse_end,
-        finetune_val_mse_start, finetune_val_mse_best, finetune_seconds} to `ctx.log`."""
+        finetune_val_mse_start, finetune_val_mse_best, finetune_val_mse_history, finetune_seconds}
+        to `ctx.log`."""
         cfg = self.config
         if not cfg.finetune:
             return None
@@ -134,6 +135,7 @@ class AQLMQuantizer(Quantizer):
             max_epochs=cfg.finetune_max_epochs, batch_size=cfg.finetune_batch_size,
             val_fraction=cfg.finetune_val_fraction, patience=cfg.finetune_patience,
             keep_best=cfg.finetune_keep_best, max_sequences=cfg.finetune_max_sequences, generator=ctx.generator,
+            compute_dtype=None if cfg.finetune_dtype == "calibration" else getattr(torch, cfg.finetune_dtype),
         )
         ctx.log.append(entry)
         logger.info(

@@ -114,6 +114,9 @@ class CRVQConfig(MethodConfig):
     finetune_val_fraction: float = _aqlm("finetune_val_fraction")
     finetune_patience: int = _aqlm("finetune_patience")
     finetune_keep_best: bool = _aqlm("finetune_keep_best")
+    finetune_dtype: Literal["calibration", "bfloat16"] = _aqlm("finetune_dtype")
+
+    late_fields = AQLMConfig.late_fields
 
     _variant = variant_defaults(VARIANTS)
     _no_bools = reject_bools(

@@ -53,3 +53,30 @@ def test_importance_ablation_rules_and_seeds():
     assert seeds["aqlm-harness"] == seeds["crvq-wa"] == seeds["crvq-random"] == [0, 1, 2]
     assert {c.params["variant"] for c in cells if c.method in ("aqlm", "crvq")} == {"harness"}
     assert seeds["crvq-w"] == [0]
+
+
+def test_paper_settings_suite_holds_the_comparisons_it_promises():
+    """Published AQLM b1 and CRVQ b1 at seeds 0 and 1, published AQLM b2, the harness variants of
+    the budget-1 pair and the published pair with end-to-end distillation (seed 0), all with
+    the same engine and fine-tuning settings and the full calibration set."""
+    path = ROOT / "suites" / "paper_settings_embedded.yaml"
+    cells = resolve_cells(load_suite(path), path)
+    got = sorted((c.method_label, c.budget, c.seed, c.finetune_e2e is not None) for c in cells)
+    assert got == sorted([
+        ("none", None, 0, False),
+        ("aqlm", 1, 0, False), ("aqlm", 1, 1, False), ("crvq", 1, 0, False), ("crvq", 1, 1, False),
+        ("aqlm", 2, 0, False), ("aqlm-harness", 1, 0, False), ("crvq-harness", 1, 0, False),
+        ("aqlm-e2e", 1, 0, True), ("crvq-e2e", 1, 0, True),
+    ])
+    engine = ("max_epochs", "steps_per_epoch", "lr", "relative_mse_tolerance", "kmeans_iters", "beam_size",
+              "finetune", "finetune_lr", "finetune_max_epochs", "finetune_patience", "finetune_dtype")
+    quantized = [c for c in cells if c.method in ("aqlm", "crvq")]
+    assert len({tuple(c.params[k] for k in engine) for c in quantized}) == 1
+    assert {c.params["variant"] for c in quantized} == {"published", "harness"}
+    assert all(c.calibration.num_sequences == 110 and c.calibration.seqlen == 512 for c in quantized)
+    gemma_path = ROOT / "suites" / "paper_settings_gemma.yaml"  # the published pair on the second family
+    gemma = [c for c in resolve_cells(load_suite(gemma_path), gemma_path) if c.method in ("aqlm", "crvq")]
+    assert sorted(c.method_label for c in gemma) == ["aqlm", "crvq"]
+    for cell in gemma:
+        twin = next(c for c in quantized if (c.method_label, c.budget, c.seed) == (cell.method_label, 1, 0))
+        assert cell.params == twin.params and cell.calibration.model_dump() == twin.calibration.model_dump()

@@ -156,3 +156,52 @@ def test_same_seed_gives_identical_codes_and_codebooks(tiny_llama_dir, calibrati
     assert any(".codes_0" in k for k in state_a)
     for key, value in state_a.items():
         assert torch.equal(value, state_b[key]), key
+
+
+def test_bfloat16_finetuning_runs_the_block_in_bfloat16_and_keeps_float32_state(tiny_llama_dir, calibration):
+    """`finetune_dtype: bfloat16` autocasts the passes (the linears' training outputs are bfloat16) while
+    the tuned parameters, the log's MSEs and the stored layout stay as with float32; it still
+    lowers the validation MSE, and the history has one entry per epoch."""
+    params = {**TUNE, "finetune_dtype": "bfloat16", "finetune_max_epochs": 3}
+    block, data, targets, quantizer = _quantized_block(tiny_llama_dir, calibration, params)
+    before = block.state_dict()
+    dtypes_seen: set[torch.dtype] = set()
+    layers = [m for m in block.modules() if isinstance(m, AQLMLinear)]
+    handles = [  # the training passes (the validation passes may take the table-lookup path)
+        m.register_forward_hook(lambda mod, args, out: dtypes_seen.add(out.dtype) if out.requires_grad else None)
+        for m in layers
+    ]
+    ctx = QuantContext("model.layers.0", 0, torch.Generator().manual_seed(0), progress=False)
+    quantizer.finetune_block(block, data, targets, ctx)
+    for h in handles:
+        h.remove()
+    assert dtypes_seen == {torch.bfloat16}
+    assert data.compute_dtype == torch.float32  # the pipeline's data is not changed
+    after = block.state_dict()
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    (entry,) = ctx.log
+    assert len(entry["finetune_val_mse_history"]) == entry["finetune_epochs"]
+    assert min(entry["finetune_val_mse_history"]) == entry["finetune_val_mse_best"] < entry["finetune_val_mse_start"]
+
+
+def test_the_default_finetuning_dtype_is_the_calibrations_and_leaves_record_params_unchanged(
+    tiny_llama_dir, calibration
+):
+    """Without `finetune_dtype` the passes use the calibration dtype (float32 here), and the
+    resolved params a cell stores do not name the field (the keys of earlier cells hold); set,
+    it is part of them."""
+    from harness.registry import method_config
+
+    block, data, targets, quantizer = _quantized_block(tiny_llama_dir, calibration, TUNE)
+    dtypes_seen: set[torch.dtype] = set()
+    layers = [m for m in block.modules() if isinstance(m, AQLMLinear)]
+    handles = [m.register_forward_hook(lambda mod, args, out: dtypes_seen.add(out.dtype)) for m in layers]
+    quantizer.finetune_block(block, data, targets, QuantContext("model.layers.0", 0, torch.Generator(), progress=False))
+    for h in handles:
+        h.remove()
+    assert dtypes_seen == {torch.float32}
+    for method in ("aqlm", "crvq"):
+        assert "finetune_dtype" not in method_config(method, 1, {}).model_dump(mode="json")
+        dumped = method_config(method, 1, {"finetune_dtype": "bfloat16"}).model_dump(mode="json")
+        assert dumped["finetune_dtype"] == "bfloat16"
+        assert method_config(method, params=dumped).finetune_dtype == "bfloat16"  # the dump round-trips
