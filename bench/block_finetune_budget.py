@@ -26,14 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.data.windows import calibration_batch  # noqa: E402
 from harness.models import load_model  # noqa: E402
 from harness.pipeline import run_pipeline  # noqa: E402
 from harness.registry import build_quantizer  # noqa: E402
 from methods.aqlm.finetune import finetune_block  # noqa: E402
-from paper_settings_speed import PAPER, _FirstBlocks  # noqa: E402
+from bench.paper_settings_speed import PAPER, FirstBlocks  # noqa: E402
 
 #: The paper's block fine-tuning (suites/paper_settings_embedded.yaml's published schedule).
 PAPER_FINETUNE = {"lr": 1e-4, "betas": (0.9, 0.999), "max_epochs": 10, "batch_size": 8, "val_fraction": 0.1,
@@ -71,7 +70,7 @@ def main() -> None:
     engine.finetune_block = compare_settings
     loaded = load_model("smollm2-135m", dtype=torch.float32, device=torch.device("cpu"), progress=False)
     calibration = calibration_batch("embedded", loaded.tokenizer, 110, 512, torch.Generator().manual_seed(0))
-    run_pipeline(loaded.model, quantizer, _FirstBlocks(loaded.adapter, args.blocks), calibration, seed=0,
+    run_pipeline(loaded.model, quantizer, FirstBlocks(loaded.adapter, args.blocks), calibration, seed=0,
                  progress=False)
 
 

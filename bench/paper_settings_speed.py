@@ -39,7 +39,7 @@ PAPER = {"max_epochs": 50, "steps_per_epoch": 100, "relative_mse_tolerance": 0.0
          "finetune_batch_size": 8, "finetune_max_epochs": 10, "finetune_patience": 3, "finetune_keep_best": True}
 
 
-class _FirstBlocks:
+class FirstBlocks:
     """A family adapter that shows the pipeline only the first `n` blocks."""
 
     def __init__(self, adapter, n: int):
@@ -70,7 +70,7 @@ def worker(args: argparse.Namespace) -> dict:
     tokenizer = loaded.tokenizer
     calibration = calibration_batch("embedded", tokenizer, 110, 512, torch.Generator().manual_seed(0))
     t1 = time.perf_counter()
-    logs = run_pipeline(loaded.model, quantizer, _FirstBlocks(loaded.adapter, args.blocks), calibration, seed=0,
+    logs = run_pipeline(loaded.model, quantizer, FirstBlocks(loaded.adapter, args.blocks), calibration, seed=0,
                         progress=False, compute_dtype=torch.float32)
     t2 = time.perf_counter()
     windows = eval_text_windows("embedded", tokenizer, 512, max_windows=args.windows).windows
