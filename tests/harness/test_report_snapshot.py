@@ -21,9 +21,8 @@ from harness.report import write_report
 from harness.report.paper import write_paper_tables
 from harness.report.reference import load_reference
 from harness.store import ResultStore
-from tests.fixtures.report_snapshot import SNAPSHOT
+from tests.fixtures.report_snapshot import SNAPSHOT as DATA
 
-DATA = SNAPSHOT
 REPO = Path(__file__).resolve().parents[2]
 #: The pairs the suite copies ask for (`report.compare` of quickstart.yaml and families.yaml).
 PAIRS = [("aqlm", "crvq"), ("aqlm-harness", "crvq-harness")]
