@@ -31,7 +31,7 @@ from harness.data.windows import calibration_batch  # noqa: E402
 from harness.models import load_model  # noqa: E402
 from harness.pipeline import run_pipeline  # noqa: E402
 from harness.registry import build_quantizer  # noqa: E402
-from methods.aqlm.finetune import finetune_block  # noqa: E402
+from methods.aqlm.finetune import finetune_block, finetune_options  # noqa: E402
 from bench.paper_settings_speed import PAPER, FirstBlocks  # noqa: E402
 
 DEFAULT_SETTINGS = ['lr1e-3_3={"lr": 1e-3, "max_epochs": 3}', 'lr3e-4_4={"lr": 3e-4, "max_epochs": 4}', "paper={}"]
@@ -49,20 +49,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     quantizer = build_quantizer(args.method, 1, {**PAPER, "steps_per_epoch": 25, "lr": 4e-4})
     engine = getattr(quantizer, "engine", quantizer)  # CRVQ fine-tunes through its AQLM engine
-    cfg = engine.config  # the paper's block fine-tuning (PAPER), the base every setting overrides
-    paper_finetune = {"lr": cfg.finetune_lr, "betas": cfg.finetune_betas, "max_epochs": cfg.finetune_max_epochs,
-                      "batch_size": cfg.finetune_batch_size, "val_fraction": cfg.finetune_val_fraction,
-                      "patience": cfg.finetune_patience, "keep_best": cfg.finetune_keep_best,
-                      "max_sequences": cfg.finetune_max_sequences}
+    paper_finetune = finetune_options(engine.config)  # the paper's (PAPER), the base every setting overrides
 
     def compare_settings(block, inputs, targets, ctx) -> None:
         state = copy.deepcopy(block.state_dict())
         for name, overrides in settings:
             block.load_state_dict(state)
             options = {**paper_finetune, **overrides}
-            dtype = options.pop("dtype", None)
-            entry = finetune_block(block, inputs, targets, generator=torch.Generator().manual_seed(0),
-                                   compute_dtype=getattr(torch, dtype) if dtype else None, **options)
+            if "dtype" in options:
+                options["compute_dtype"] = getattr(torch, options.pop("dtype"))
+            entry = finetune_block(block, inputs, targets, generator=torch.Generator().manual_seed(0), **options)
             print(json.dumps({
                 "block": ctx.block_index, "setting": name, "epochs": entry["finetune_epochs"],
                 "seconds": entry["finetune_seconds"], "val_mse_start": round(entry["finetune_val_mse_start"], 7),

@@ -61,6 +61,18 @@ def _cloned(value: Any) -> Any:
     return value
 
 
+def finetune_options(cfg: Any) -> dict[str, Any]:
+    """The `finetune_block` keyword arguments a method config's `finetune_*` fields ask for
+    (`AQLMConfig`, or any config with the same fields): everything but `generator`."""
+    return {
+        "lr": cfg.finetune_lr, "betas": cfg.finetune_betas, "max_epochs": cfg.finetune_max_epochs,
+        "batch_size": cfg.finetune_batch_size, "val_fraction": cfg.finetune_val_fraction,
+        "patience": cfg.finetune_patience, "keep_best": cfg.finetune_keep_best,
+        "max_sequences": cfg.finetune_max_sequences,
+        "compute_dtype": None if cfg.finetune_dtype == "calibration" else getattr(torch, cfg.finetune_dtype),
+    }
+
+
 def finetune_block(
     block: nn.Module, inputs: BlockData, targets: torch.Tensor, *, lr: float, betas: tuple[float, float],
     max_epochs: int, batch_size: int, val_fraction: float, patience: int, keep_best: bool,

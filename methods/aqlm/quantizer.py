@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from harness.plugin import BlockData, LayerStats, QuantContext, Quantizer
 from methods.aqlm.algorithm import AQLMResult, CodebookSpec, aqlm_quantize
 from methods.aqlm.config import PRESETS, VARIANTS, AQLMConfig, variant_label
-from methods.aqlm.finetune import finetune_block as run_block_finetuning
+from methods.aqlm.finetune import finetune_block as run_block_finetuning, finetune_options
 from methods.aqlm.layer import AQLMLinear
 
 logger = logging.getLogger(__name__)
@@ -130,13 +130,7 @@ class AQLMQuantizer(Quantizer):
             return None
         if targets is None:
             raise ValueError(f"aqlm: block fine-tuning of '{ctx.layer_name}' got no full-precision targets")
-        entry = run_block_finetuning(
-            block, inputs, targets, lr=cfg.finetune_lr, betas=cfg.finetune_betas,
-            max_epochs=cfg.finetune_max_epochs, batch_size=cfg.finetune_batch_size,
-            val_fraction=cfg.finetune_val_fraction, patience=cfg.finetune_patience,
-            keep_best=cfg.finetune_keep_best, max_sequences=cfg.finetune_max_sequences, generator=ctx.generator,
-            compute_dtype=None if cfg.finetune_dtype == "calibration" else getattr(torch, cfg.finetune_dtype),
-        )
+        entry = run_block_finetuning(block, inputs, targets, generator=ctx.generator, **finetune_options(cfg))
         ctx.log.append(entry)
         logger.info(
             "aqlm %s: fine-tuned %d epochs, val MSE %s -> %s (train %s -> %s), %.1f s",
