@@ -33,6 +33,7 @@ from harness.claims.measure import (
 from harness.claims.schema import Check, Metric, parse_metric
 from harness.claims.verdict import Measurement
 from harness.errors import HarnessError
+from harness.identity import IdentityScope, canonical_json, identity_payload
 
 __all__ = ["measure_check"]
 
@@ -87,13 +88,28 @@ def measure_check(check: Check, records: Sequence[Record], where: str, *,
                 # as at equal budgets: without a label, the lines labelled like the method (the
                 # published algorithm), not a variant's (aqlm-harness) on the same frontier
                 base = [r for r in base if r.method_label == check.base.method]
+            if check.vary is not None:
+                recipe = _recipe(against[0], check.vary)
+                base = [r for r in base if _recipe(r, check.vary) == recipe]
             if not base:
+                alone = "" if check.vary is None else f" that differs from it in {', '.join(check.vary)} alone"
                 return [Cover(None, check.budget, reason=f"no {check.base.describe()} cell besides the against line "
-                                                         f"{', '.join(sorted(labels))} to build a frontier from")]
+                                                         f"{', '.join(sorted(labels))}{alone} to build a frontier from")]
             return _matched_covers(check, metric, base, against, where, resamples, seed)
         return _budget_covers(check, metric, one_line(sides["base"], check.base), against, where, resamples, seed)
     except NotCovered as exc:
         return [Cover(None, check.budget, reason=str(exc))]
+
+
+def _recipe(record: Record, vary: Sequence[str]) -> str:
+    """How ``record``'s quantized model was made, without its seeds, its label and the params in
+    ``vary``: equal for the lines of one ablation over those params (``Check.vary``)."""
+    payload = identity_payload(record.cell or {}, IdentityScope.REPEAT_GROUP)
+    for descriptive in ("evaluations", "method_label"):
+        payload.pop(descriptive, None)
+    params = payload.get("params") or record.params or {}
+    payload["params"] = {k: v for k, v in params.items() if k not in vary}
+    return canonical_json(payload)
 
 
 def _run(check: Check, metric: Metric, model: str, budget: int | None, make, where: str, resamples: int,

@@ -20,6 +20,7 @@ A claims file is YAML (see ``suites/claims/crvq.yaml``)::
           change: {percent: -38.9}        # or {absolute: x}; a number or a range [low, high]
           tolerance: 5                    # in the unit of the change: what still counts as agreeing
           at: budget                      # or matched_bits: base interpolated on its frontier
+          vary: [critical_ratio]          # matched_bits: frontier of lines differing in these params alone
       - id: aqlm-2x8-value
         ...
         check: {method: {method: aqlm, params: {num_codebooks: 2}}, model: llama2-7b, metric: ppl:wikitext2,
@@ -146,6 +147,11 @@ class Check(StrictModel):
         "budget", description="matched_bits: the base's frontier interpolated at the against side's bits"
     )
     bits: Literal["bits", "bits_paper"] = Field("bits", description="the bits measure used to match bits")
+    vary: list[str] | None = Field(
+        None, description="matched_bits only: the base's frontier takes only lines that differ from the against "
+                          "line in these params alone (every other param, the variant, end-to-end fine-tuning and "
+                          "calibration equal), e.g. [critical_ratio, num_extended_codebooks]; default: every line "
+                          "the base selects")
     level: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
 
     @field_validator("base", "against", "method", mode="before")
@@ -174,6 +180,8 @@ class Check(StrictModel):
             _check_order(self.value)
         else:
             raise ValueError("give `change` (with `base` and `against`) or `value` (with `method`)")
+        if self.vary is not None and self.at != "matched_bits":
+            raise ValueError("`vary` picks the lines of a matched-bits frontier: use it with `at: matched_bits`")
         if self.at == "matched_bits" and not self.metric.startswith(("ppl:", "bpb:")):
             raise ValueError(f"`at: matched_bits` interpolates perplexity or bpb; metric '{self.metric}' is compared "
                              f"at equal budgets only (remove `at`)")
@@ -293,12 +301,14 @@ def _check_side(side: SideSpec, path: Path, field: str, claim_id: str) -> None:
             f"{_where(path, field + '.method', claim_id)}: unknown method '{side.method}'; registered methods: {', '.join(method_names())} "
             f"(a line's label goes in `label:`, e.g. {{method: crvq, label: crvq-r0.02-e3}})."
         ) from None
-    fields = sorted(method.Config.model_fields)
-    for name in side.params:
+    _check_params(side.method, method.Config, side.params, _where(path, field + ".params", claim_id))
+
+
+def _check_params(method: str, config: type, names: Any, where: str) -> None:
+    fields = sorted(config.model_fields)
+    for name in names:
         if name not in fields:
-            raise ClaimsError(
-                f"{_where(path, field + '.params', claim_id)}: '{name}' is not a parameter of {side.method}; use one of {', '.join(fields)}."
-            )
+            raise ClaimsError(f"{where}: '{name}' is not a parameter of {method}; use one of {', '.join(fields)}.")
 
 
 def _check_metric(metric: str, where: str) -> None:
@@ -353,4 +363,9 @@ def load_claims(path: str | os.PathLike) -> ClaimsFile:
         _check_model(claim.check.model, _where(p, field + ".model", claim.id))
         for name, side in claim.check.sides.items():
             _check_side(side, p, f"{field}.{name}", claim.id)
+        if claim.check.vary:
+            from harness.registry import get_method
+
+            against = claim.check.against.method  # known: its side was checked above
+            _check_params(against, get_method(against).Config, claim.check.vary, _where(p, field + ".vary", claim.id))
     return claims

@@ -195,6 +195,38 @@ def test_matched_bits_frontier_takes_the_published_line(recs) -> None:
     assert "between aqlm-harness b1 (1.300) and aqlm b2 (2.150)" in row.line()
 
 
+def test_matched_bits_vary_takes_one_ablation_s_lines(recs) -> None:
+    """`vary` builds the frontier from the lines that differ from the against line in those params
+    alone: a line with end-to-end fine-tuning or another variant at the same bits is not another
+    setting of the ablation, however much better it is."""
+    c1 = next(r for r in recs if r["key"] == "c1")
+    nll = np.asarray(c1["metrics"]["perplexity"]["embedded"]["window_nll"])
+    chosen = c1["params"]
+
+    def line(key: str, label: str, shift: float, bits: float, cell: dict | None = None, **params) -> dict:
+        r = record(key, "crvq", 1, _shift(nll, shift, seed=len(key)), bits=bits, label=label)
+        return {**r, "params": {**chosen, **params}, "cell": {"seed": 0, **(cell or {})}}
+
+    rows = recs + [
+        line("r1", "crvq-r0.01", 0.05, 1.20, critical_ratio=0.01),
+        line("r5", "crvq-r0.05", 0.0, 1.60, critical_ratio=0.05),
+        line("e2e", "crvq-e2e", -1.0, 1.35, cell={"finetune_e2e": {"epochs": 2}}),
+        line("h", "crvq-harness", -0.5, 1.35, variant="harness"),
+    ]
+    claim = {"base": {"method": "crvq", "label": "*"}, "against": {"method": "crvq", "params": chosen},
+             "budget": 1, "metric": "ppl:embedded", "at": "matched_bits", "change": {"percent": [-math.inf, 0]}}
+    row = _one(_claims({**claim, "vary": ["critical_ratio", "num_extended_codebooks"]}), rows)
+    assert "between crvq-r0.01 b1 (1.200) and crvq-r0.05 b1 (1.600)" in row.line()
+    assert "crvq-e2e" not in row.line() and "crvq-harness" not in row.line()
+    assert row.verdict == REPRODUCED  # the frontier at 1.35 bits: 0.625 x 0.05 nats above c1
+    unvaried = _one(_claims(claim), rows)  # every line: the e2e line at the same bits is the frontier there
+    assert "crvq-e2e" in unvaried.line() and unvaried.verdict == CONTRADICTED
+    alone = _one(_claims({**claim, "vary": ["importance"]}), rows)
+    assert alone.verdict == NOT_COVERED and "differs from it in importance alone" in alone.reason
+    with pytest.raises(ValueError, match="use it with `at: matched_bits`"):
+        _claims({**PAIR, "vary": ["critical_ratio"], "change": {"percent": -9.5}})
+
+
 def test_stand_in_and_claimed_model_wording(recs) -> None:
     claims = _claims({**PAIR, "model": "meta-llama/Llama-2-7b-hf", "change": {"percent": -9.5}})
     row = _one(claims, recs)
