@@ -305,6 +305,7 @@ def _check_side(side: SideSpec, path: Path, field: str, claim_id: str) -> None:
 
 
 def _check_params(method: str, config: type, names: Any, where: str) -> None:
+    """Every name in ``names`` is a field of ``method``'s config ``config``; else a ClaimsError at ``where``."""
     fields = sorted(config.model_fields)
     for name in names:
         if name not in fields:
