@@ -291,7 +291,8 @@ def _check_model(pattern: str, where: str) -> None:
     )
 
 
-def _check_side(side: SideSpec, path: Path, field: str, claim_id: str) -> None:
+def _check_side(side: SideSpec, path: Path, field: str, claim_id: str) -> type:
+    """The side's method is registered and its params are that method's; returns its config class."""
     from harness.registry import get_method, method_names
 
     try:
@@ -302,6 +303,7 @@ def _check_side(side: SideSpec, path: Path, field: str, claim_id: str) -> None:
             f"(a line's label goes in `label:`, e.g. {{method: crvq, label: crvq-r0.02-e3}})."
         ) from None
     _check_params(side.method, method.Config, side.params, _where(path, field + ".params", claim_id))
+    return method.Config
 
 
 def _check_params(method: str, config: type, names: Any, where: str) -> None:
@@ -362,11 +364,8 @@ def load_claims(path: str | os.PathLike) -> ClaimsFile:
         field = f"claims[{i}].check"
         _check_metric(claim.check.metric, _where(p, field + ".metric", claim.id))
         _check_model(claim.check.model, _where(p, field + ".model", claim.id))
-        for name, side in claim.check.sides.items():
-            _check_side(side, p, f"{field}.{name}", claim.id)
+        configs = {name: _check_side(side, p, f"{field}.{name}", claim.id) for name, side in claim.check.sides.items()}
         if claim.check.vary:
-            from harness.registry import get_method
-
-            against = claim.check.against.method  # known: its side was checked above
-            _check_params(against, get_method(against).Config, claim.check.vary, _where(p, field + ".vary", claim.id))
+            _check_params(claim.check.against.method, configs["against"], claim.check.vary,
+                          _where(p, field + ".vary", claim.id))
     return claims
